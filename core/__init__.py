@@ -1,0 +1,67 @@
+"""gdx: dissect and steer generative image models.
+
+The public API is this module's ``__all__``; everything else is internal.
+
+>>> import gdx
+>>> gen = gdx.load_generator("toy")
+>>> seg = gdx.load_segmenter("toy")
+>>> result = gdx.dissect(gen, seg, "features", samples=200)
+>>> result.summary()
+"""
+
+from __future__ import annotations
+
+from gdx.errors import (
+    AdapterOptionError,
+    CheckpointError,
+    GdxError,
+    GeneratorOutputError,
+    NonFiniteError,
+    ResultFormatError,
+    SegmenterOutputError,
+    UnknownAdapterError,
+    UnknownLayerError,
+)
+from gdx.hookspecs import hookimpl
+from gdx.interfaces import Generator, Metric, Segmenter
+from gdx.wrappers import seeded_normal, wrap_generator, wrap_segmenter
+from gdx.manager import PluginRegistry, default_registry
+
+
+def load_generator(name: str, **options):
+    """Build the registered generator ``name`` with ``options`` (as ``--gen-opt key=value``).
+
+    >>> gen = gdx.load_generator("progan", weights="churchoutdoor_lsun.pth")
+    """
+    return default_registry().load_generator(name, **options)
+
+
+def load_segmenter(name: str, **options):
+    """Build the registered segmenter ``name`` with ``options`` (as ``--seg-opt key=value``)."""
+    return default_registry().load_segmenter(name, **options)
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterOptionError",
+    "CheckpointError",
+    "GdxError",
+    "Generator",
+    "GeneratorOutputError",
+    "Metric",
+    "NonFiniteError",
+    "PluginRegistry",
+    "ResultFormatError",
+    "Segmenter",
+    "SegmenterOutputError",
+    "UnknownAdapterError",
+    "UnknownLayerError",
+    "default_registry",
+    "hookimpl",
+    "load_generator",
+    "load_segmenter",
+    "seeded_normal",
+    "wrap_generator",
+    "wrap_segmenter",
+]

@@ -1,0 +1,72 @@
+"""Named exceptions. Each message says what is wrong and how to fix it.
+
+The CLI turns every :class:`GdxError` into one line on stderr and a non-zero exit,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class GdxError(Exception):
+    """Base class of every error gdx raises on purpose."""
+
+
+class UnknownAdapterError(GdxError, KeyError):
+    """A generator, segmenter or metric name that no installed plugin registers."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(
+            f"unknown {kind} {name!r}.{hint} Installed {kind}s: {', '.join(known) or '(none)'}. "
+            f"Run 'gdx {kind}s' to list them, or install the plugin that provides it."
+        )
+        self.kind, self.name, self.known = kind, name, known
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class AdapterOptionError(GdxError, TypeError):
+    """An option an adapter does not take, or a value it cannot parse."""
+
+
+class UnknownLayerError(GdxError, KeyError):
+    """A layer name that is not a module of the generator."""
+
+    def __init__(self, name: str, valid: Iterable[str]) -> None:
+        valid = [v for v in valid if v]
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        shown = ", ".join(valid[:40]) + (" ..." if len(valid) > 40 else "")
+        super().__init__(
+            f"no layer named {name!r} in the generator.{hint} Valid layers: {shown}"
+        )
+        self.name, self.valid = name, valid
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SegmenterOutputError(GdxError, ValueError):
+    """A segmenter returned labels of the wrong shape, dtype or range."""
+
+
+class GeneratorOutputError(GdxError, ValueError):
+    """A generator returned images of the wrong shape or dtype."""
+
+
+class NonFiniteError(GdxError, FloatingPointError):
+    """NaN or Inf in activations or images; names the layer, batch and samples."""
+
+
+class CheckpointError(GdxError, ValueError):
+    """A weights file that is missing, truncated, unsafe or of another architecture."""
+
+
+class ResultFormatError(GdxError, ValueError):
+    """A saved result that cannot be read back (missing file, wrong version)."""

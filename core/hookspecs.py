@@ -1,0 +1,54 @@
+"""Hook specifications: how a plugin adds generators, segmenters, metrics and commands.
+
+Every hook gets a ``register`` callback (or the click group) so that a plugin
+registers *factories*, not loaded models: listing plugins stays instant and no weights
+are read until a model is asked for by name. A minimal plugin module::
+
+    import gdx
+
+    @gdx.hookimpl
+    def register_generators(register):
+        register("mygan", build_mygan)   # build_mygan(**options) -> gdx.Generator
+
+and one entry point in its ``pyproject.toml``::
+
+    [project.entry-points.gdx]
+    mygan = "mygan_gdx"
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("gdx")
+hookimpl = pluggy.HookimplMarker("gdx")
+
+
+@hookspec
+def register_generators(register: Callable[..., None]) -> None:
+    """Register generator factories: ``register(name, factory, description=None)``.
+
+    ``factory(**options)`` returns a :class:`gdx.Generator`; its keyword parameters are
+    the options ``--gen-opt key=value`` and ``gdx.load_generator(name, **options)`` take.
+    """
+
+
+@hookspec
+def register_segmenters(register: Callable[..., None]) -> None:
+    """Register segmenter factories: ``register(name, factory, description=None)``."""
+
+
+@hookspec
+def register_metrics(register: Callable[..., None]) -> None:
+    """Register metric factories: ``register(name, factory, description=None)``.
+
+    Dissection metrics (kind ``"dissection"``) are built by the engine with
+    ``factory(context)``; quality metrics with ``factory(**options)``.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add sub-commands to the ``gdx`` click group ``cli``."""

@@ -1,0 +1,142 @@
+"""The three contracts every adapter implements: Generator, Segmenter, Metric.
+
+The engine never looks inside a model beyond these. Shapes and ranges are part of
+the contract and the engine checks them at run time (see :mod:`gdx.checks`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Generator(abc.ABC):
+    """A latent-to-image model whose layers can be read and edited by name.
+
+    Contract:
+      * ``sample_latents(n, seed=s)`` returns the latents of samples ``0..n-1`` for seed
+        ``s``; the same call always returns the same tensor (see SPEC "Latents").
+      * ``generate(z)`` maps a batch of latents (N x ...) to images N x 3 x H x W, float,
+        RGB, nominally in [-1, 1] (values slightly outside are tolerated, as ProGAN's
+        output is unclamped).
+      * ``module`` is the ``nn.Module`` that ``generate`` runs; its ``named_modules()``
+        names the layers that dissection and intervention hook. A forward hook on any
+        of those modules must see the tensor that flows on to the image.
+    """
+
+    #: Short name shown in reports and listings.
+    name: str = "generator"
+
+    @property
+    @abc.abstractmethod
+    def module(self) -> nn.Module:
+        """The ``nn.Module`` whose sub-modules are the layers."""
+
+    @abc.abstractmethod
+    def sample_latents(self, n: int, *, seed: int) -> torch.Tensor:
+        """Latents for samples ``0..n-1`` of seed ``seed`` (on the CPU), N x latent shape."""
+
+    @abc.abstractmethod
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images N x 3 x H x W in [-1, 1] for latents ``z`` (already on :attr:`device`)."""
+
+    def layer_names(self) -> list[str]:
+        """Names of the hookable layers (non-empty ``named_modules()`` names)."""
+        return [name for name, _ in self.module.named_modules() if name]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's parameters live (CPU for a module without any)."""
+        for p in self.module.parameters():
+            return p.device
+        for b in self.module.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "Generator":
+        """Move the module to ``device`` and return ``self``."""
+        self.module.to(device)
+        return self
+
+    def describe(self) -> str:
+        return f"{self.name} ({type(self.module).__name__})"
+
+
+class Segmenter(abc.ABC):
+    """An image-to-labels model: which concept is at each pixel.
+
+    Contract:
+      * ``segment(images)`` takes RGB images N x 3 x H x W, float in [-1, 1], and returns
+        a LongTensor of label indices N x H' x W' (one label per pixel) or N x K x H' x W'
+        (K labels per pixel, e.g. object, part, material). Values index :attr:`labels`;
+        ``-1`` means no label. The engine resizes its input to :attr:`input_size` first.
+      * ``labels`` lists concept names; ``categories`` optionally maps each label to a
+        category such as ``"object"``, ``"part"`` or ``"material"``.
+    """
+
+    name: str = "segmenter"
+
+    @property
+    @abc.abstractmethod
+    def labels(self) -> Sequence[str]:
+        """Concept names; label ``i`` of ``segment`` is ``labels[i]``."""
+
+    @property
+    def categories(self) -> Mapping[str, str]:
+        """Label name -> category (empty when the segmenter has none)."""
+        return {}
+
+    #: Preferred input (H, W); ``None`` segments at the generator's resolution.
+    input_size: tuple[int, int] | None = None
+
+    @abc.abstractmethod
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """Label map N x H x W (or N x K x H x W), int64, values in ``-1..len(labels)-1``."""
+
+    def to(self, device: torch.device | str) -> "Segmenter":
+        """Move to ``device`` (a no-op for segmenters without torch state)."""
+        return self
+
+    def describe(self) -> str:
+        return f"{self.name} ({len(self.labels)} labels)"
+
+
+class Metric(abc.ABC):
+    """A named, streaming, mergeable statistic.
+
+    ``update`` folds in one batch, ``merge`` folds in another instance's partial state
+    (from another shard or process), ``result`` reads the answer. ``state_dict`` /
+    ``load_state_dict`` carry the partial state across processes and checkpoints.
+    Two instances that saw disjoint shards and were merged must give the same
+    ``result`` as one instance that saw everything.
+
+    Dissection scores (IoU at a quantile, IQR) are metrics of kind ``"dissection"``
+    (see :class:`gdx.stats.DissectionMetric`); image-quality scores (FID) are kind
+    ``"quality"``.
+    """
+
+    name: str = "metric"
+    kind: str = "generic"
+
+    @abc.abstractmethod
+    def update(self, batch: Any) -> None:
+        """Fold one batch into the statistic."""
+
+    @abc.abstractmethod
+    def merge(self, other: "Metric") -> None:
+        """Fold another instance's partial state into this one."""
+
+    @abc.abstractmethod
+    def result(self) -> Any:
+        """The statistic's value for everything seen so far."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Partial state as tensors and plain values (for checkpoints and transfer)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be checkpointed")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be checkpointed")

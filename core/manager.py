@@ -1,0 +1,264 @@
+"""Plugin loading and the registries of adapters.
+
+A :class:`PluginRegistry` owns one pluggy ``PluginManager``. The default registry
+(:func:`default_registry`) loads the built-in plugins and the ``gdx`` entry points;
+an embedding tool can build its own with ``PluginRegistry(plugins=[...])`` and no
+global state is touched. ``GDX_LOAD_PLUGINS`` (comma-separated distribution or entry
+point names, empty for none) restricts which entry points load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pluggy
+
+from gdx import hookspecs
+from gdx.errors import AdapterOptionError, UnknownAdapterError
+
+#: Built-in plugin modules, registered through the same hooks as third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "gdx.plugins.generators.toy",
+    "gdx.plugins.segmenters.toy",
+    # "gdx.plugins.metrics.dissection",
+)
+
+KINDS = ("generator", "segmenter", "metric")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterInfo:
+    """One registered factory: what ``gdx generators`` & co. list."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    description: str
+
+    def options(self) -> dict[str, inspect.Parameter]:
+        """Keyword options the factory takes (its signature, minus ``*args``/``**kw``)."""
+        params = inspect.signature(self.factory).parameters
+        return {
+            n: p
+            for n, p in params.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+
+    def accepts_any_option(self) -> bool:
+        params = inspect.signature(self.factory).parameters.values()
+        return any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+
+
+class PluginRegistry:
+    """Plugins, and the generator/segmenter/metric factories they registered.
+
+    >>> reg = PluginRegistry(plugins=[my_plugin_module], load_entrypoints=False)
+    >>> gen = reg.load_generator("mygan", weights="g.pth")
+    """
+
+    def __init__(
+        self,
+        plugins: Iterable[Any] = (),
+        *,
+        builtins: bool = True,
+        load_entrypoints: bool | None = None,
+    ) -> None:
+        self.pm = pluggy.PluginManager("gdx")
+        self.pm.add_hookspecs(hookspecs)
+        if builtins:
+            for modname in DEFAULT_PLUGINS:
+                self.pm.register(importlib.import_module(modname), name=modname)
+        if load_entrypoints is None:
+            load_entrypoints = True
+        if load_entrypoints:
+            self._load_entrypoints()
+        for plugin in plugins:
+            self.pm.register(plugin)
+        # A misspelt hook (register_generator) must fail loudly, not be ignored.
+        self.pm.check_pending()
+        self._infos: dict[str, dict[str, AdapterInfo]] | None = None
+
+    def _load_entrypoints(self) -> None:
+        allowed = os.environ.get("GDX_LOAD_PLUGINS")
+        wanted = None if allowed is None else {s.strip() for s in allowed.split(",") if s.strip()}
+        for ep in importlib.metadata.entry_points(group="gdx"):
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else ""
+            if wanted is not None and ep.name not in wanted and dist_name not in wanted:
+                continue
+            if self.pm.get_plugin(ep.name) is not None:
+                continue
+            self.pm.register(ep.load(), name=ep.name)
+            if dist is not None:
+                self.pm._plugin_distinfo.append((self.pm.get_plugin(ep.name), dist))  # type: ignore[attr-defined]
+
+    # -- collection -------------------------------------------------------------
+    def _collect(self) -> dict[str, dict[str, AdapterInfo]]:
+        if self._infos is not None:
+            return self._infos
+        infos: dict[str, dict[str, AdapterInfo]] = {k: {} for k in KINDS}
+        hooks = {
+            "generator": self.pm.hook.register_generators,
+            "segmenter": self.pm.hook.register_segmenters,
+            "metric": self.pm.hook.register_metrics,
+        }
+        for kind, hook in hooks.items():
+            for impl in hook.get_hookimpls():
+                plugin_name = impl.plugin_name
+
+                def register(name: str, factory: Callable[..., Any], description: str | None = None,
+                             *, _kind: str = kind, _plugin: str = plugin_name) -> None:
+                    if not callable(factory):
+                        raise TypeError(f"plugin {_plugin!r} registered {_kind} {name!r} with a non-callable factory")
+                    infos[_kind][name] = AdapterInfo(
+                        _kind, name, factory, _plugin, description or _first_line(factory.__doc__)
+                    )
+
+                impl.function(register=register)
+        self._infos = infos
+        return infos
+
+    def infos(self, kind: str) -> dict[str, AdapterInfo]:
+        """Registered factories of ``kind`` ("generator", "segmenter" or "metric") by name."""
+        return dict(sorted(self._collect()[kind].items()))
+
+    def info(self, kind: str, name: str) -> AdapterInfo:
+        infos = self._collect()[kind]
+        if name not in infos:
+            raise UnknownAdapterError(kind, name, infos)
+        return infos[name]
+
+    def plugin_names(self) -> list[str]:
+        return sorted(n for n, _ in self.pm.list_name_plugin())
+
+    def plugin_packages(self) -> dict[str, str]:
+        """Plugin name -> distribution that provides it ("gdx" for the built-ins)."""
+        out = {}
+        for plugin, dist in self.pm.list_plugin_distinfo():
+            out[self.pm.get_name(plugin) or ""] = f"{dist.project_name} {dist.version}"
+        for name in self.plugin_names():
+            out.setdefault(name, "gdx (built-in)" if name.startswith("gdx.") else "")
+        return out
+
+    # -- building ---------------------------------------------------------------
+    def build(self, kind: str, name: str, **options: Any) -> Any:
+        info = self.info(kind, name)
+        check_options(info, options)
+        return info.factory(**options)
+
+    def load_generator(self, name: str, **options: Any) -> Any:
+        return self.build("generator", name, **options)
+
+    def load_segmenter(self, name: str, **options: Any) -> Any:
+        return self.build("segmenter", name, **options)
+
+
+def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
+    """Raise :class:`AdapterOptionError` for an option the factory does not take."""
+    if info.accepts_any_option():
+        return
+    valid = info.options()
+    for key in options:
+        if key not in valid:
+            listing = ", ".join(f"{k}={_describe_default(p)}" for k, p in valid.items()) or "(none)"
+            raise AdapterOptionError(
+                f"{info.kind} {info.name!r} has no option {key!r}. Its options: {listing}"
+            )
+    missing = [k for k, p in valid.items() if p.default is p.empty and k not in options]
+    if missing:
+        raise AdapterOptionError(
+            f"{info.kind} {info.name!r} needs the option(s) {', '.join(missing)}: "
+            f"pass {' '.join('--%s-opt %s=...' % (info.kind[:3], m) for m in missing)}"
+        )
+
+
+def _describe_default(p: inspect.Parameter) -> str:
+    return "REQUIRED" if p.default is p.empty else repr(p.default)
+
+
+def parse_option_value(info: AdapterInfo, key: str, text: str) -> Any:
+    """Turn the string of ``--gen-opt key=text`` into the type the factory expects."""
+    param = info.options().get(key)
+    if param is None:
+        if info.accepts_any_option():
+            return _guess(text)
+        check_options(info, {key: text})
+    ann = param.annotation if param is not None else inspect.Parameter.empty
+    if isinstance(ann, str):
+        ann_text = ann
+    else:
+        ann_text = getattr(ann, "__name__", str(ann))
+    default = param.default if param is not None else None
+    try:
+        if "bool" in ann_text or isinstance(default, bool):
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if ann_text.startswith("int") or (type(default) is int):
+            return int(text)
+        if ann_text.startswith("float") or isinstance(default, float):
+            return float(text)
+    except ValueError as exc:
+        raise AdapterOptionError(
+            f"{info.kind} {info.name!r} option {key}={text!r}: {exc}. "
+            f"Expected {ann_text or type(default).__name__}."
+        ) from None
+    if ann is inspect.Parameter.empty and default is None:
+        return _guess(text)
+    return text
+
+
+def _guess(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_options(info: AdapterInfo, pairs: Iterable[str]) -> dict[str, Any]:
+    """Parse ``["key=value", ...]`` for ``info``'s factory."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise AdapterOptionError(
+                f"option {pair!r} for {info.kind} {info.name!r} is not key=value "
+                f"(e.g. --{info.kind[:3]}-opt weights=model.pth)"
+            )
+        key, value = pair.split("=", 1)
+        out[key.strip()] = parse_option_value(info, key.strip(), value)
+    return out
+
+
+_default: PluginRegistry | None = None
+
+
+def default_registry() -> PluginRegistry:
+    """The process-wide registry: built-ins plus installed ``gdx`` entry points."""
+    global _default
+    if _default is None:
+        _default = PluginRegistry()
+    return _default
+
+
+def reset_default_registry() -> None:
+    """Forget the default registry (tests; after installing a plugin at run time)."""
+    global _default
+    _default = None

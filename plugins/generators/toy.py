@@ -1,0 +1,16 @@
+"""The built-in synthetic toy generator (hand-built, untrained, known units)."""
+
+from __future__ import annotations
+
+import gdx
+from gdx.toy import LATENT_DIM, ToyGenerator
+
+
+def build_toy(resolution: int = 32) -> gdx.Generator:
+    """SYNTHETIC toy world: blobs of sun/tree/rock/lake with known units (layer 'features')."""
+    return gdx.wrap_generator(ToyGenerator(resolution), latent_shape=(LATENT_DIM,), name="toy")
+
+
+@gdx.hookimpl
+def register_generators(register):
+    register("toy", build_toy)

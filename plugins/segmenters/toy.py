@@ -1,0 +1,16 @@
+"""The built-in synthetic toy segmenter: reads the toy world's colours back exactly."""
+
+from __future__ import annotations
+
+import gdx
+from gdx.toy import TOY_CATEGORIES, TOY_LABELS, toy_segment
+
+
+def build_toy() -> gdx.Segmenter:
+    """SYNTHETIC toy segmenter: exact labels for the toy generator's colours."""
+    return gdx.wrap_segmenter(toy_segment, labels=TOY_LABELS, categories=TOY_CATEGORIES, name="toy")
+
+
+@gdx.hookimpl
+def register_segmenters(register):
+    register("toy", build_toy)
