@@ -26,6 +26,7 @@ from gdx.hookspecs import hookimpl
 from gdx.interfaces import Generator, Metric, Segmenter
 from gdx.wrappers import seeded_normal, wrap_generator, wrap_segmenter
 from gdx.manager import PluginRegistry, default_registry
+from gdx.tracing import StopForward, Trace, resolve_layers
 
 
 def load_generator(name: str, **options):
@@ -57,6 +58,9 @@ __all__ = [
     "SegmenterOutputError",
     "UnknownAdapterError",
     "UnknownLayerError",
+    "StopForward",
+    "Trace",
+    "resolve_layers",
     "default_registry",
     "hookimpl",
     "load_generator",
