@@ -27,6 +27,8 @@ from gdx.interfaces import Generator, Metric, Segmenter
 from gdx.wrappers import seeded_normal, wrap_generator, wrap_segmenter
 from gdx.manager import PluginRegistry, default_registry
 from gdx.tracing import StopForward, Trace, resolve_layers
+from gdx.results import Dissection, DissectionSettings, Summary, UnitLabel
+from gdx.dissect import DissectionRun, dissect
 
 
 def load_generator(name: str, **options):
@@ -47,6 +49,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterOptionError",
     "CheckpointError",
+    "Dissection",
+    "DissectionRun",
+    "DissectionSettings",
     "GdxError",
     "Generator",
     "GeneratorOutputError",
@@ -56,15 +61,18 @@ __all__ = [
     "ResultFormatError",
     "Segmenter",
     "SegmenterOutputError",
+    "StopForward",
+    "Summary",
+    "Trace",
+    "UnitLabel",
     "UnknownAdapterError",
     "UnknownLayerError",
-    "StopForward",
-    "Trace",
-    "resolve_layers",
     "default_registry",
+    "dissect",
     "hookimpl",
     "load_generator",
     "load_segmenter",
+    "resolve_layers",
     "seeded_normal",
     "wrap_generator",
     "wrap_segmenter",

@@ -115,7 +115,7 @@ class Metric(abc.ABC):
     ``result`` as one instance that saw everything.
 
     Dissection scores (IoU at a quantile, IQR) are metrics of kind ``"dissection"``
-    (see :class:`gdx.stats.DissectionMetric`); image-quality scores (FID) are kind
+    (see :class:`gdx.scores.DissectionMetric`); image-quality scores (FID) are kind
     ``"quality"``.
     """
 

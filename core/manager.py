@@ -26,7 +26,7 @@ from gdx.errors import AdapterOptionError, UnknownAdapterError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.generators.toy",
     "gdx.plugins.segmenters.toy",
-    # "gdx.plugins.metrics.dissection",
+    "gdx.plugins.metrics.dissection",
 )
 
 KINDS = ("generator", "segmenter", "metric")

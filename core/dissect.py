@@ -1,0 +1,388 @@
+"""Dissection (SPEC §1): which units of a layer correlate with which concepts.
+
+Two passes over the same latents. Pass 1 runs the generator only up to the layer
+(``stop=True``) and keeps a fixed-size, hash-chosen sample of upsampled unit values
+plus each unit's top samples; from it come per-unit candidate levels. Pass 2 runs the
+generator and the segmenter and counts, exactly, the pixels above every level and
+their overlap with every label. IoU and IQR at every level follow from the counts.
+
+Every statistic is bounded in size and mergeable, so a run can be split into shards
+(processes, machines, or resumable chunks) whose merged statistics equal one run's:
+:class:`DissectionRun` exposes the steps; :func:`dissect` runs them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gdx.checks import check_finite, check_images, check_segmentation
+from gdx.errors import GdxError
+from gdx.interfaces import Generator, Segmenter
+from gdx.manager import PluginRegistry, default_registry
+from gdx.results import Dissection, DissectionSettings, UnitLabel
+from gdx.scores import DissectionContext, DissectionMetric, LevelBatch
+from gdx.stats import PointSample, TopSamples
+from gdx.tracing import Trace, resolve_layers
+
+DEFAULT_BATCH_SIZE = 8
+
+
+def resize_for(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
+    """Resize images to the segmenter's preferred input size (bilinear, antialiased down)."""
+    size = segmenter.input_size
+    if size is None or tuple(images.shape[-2:]) == tuple(size):
+        return images
+    down = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=down)
+
+
+@dataclass
+class Probe:
+    """Shapes learned from one sample: unit count per layer, layer grid, segmentation size."""
+
+    units: dict[str, int]
+    grid: dict[str, tuple[int, int]]
+    seg_size: tuple[int, int]
+    seg_heads: int
+
+
+@dataclass
+class LevelPass:
+    """Pass-1 statistics for every layer (mergeable, checkpointable)."""
+
+    samples: dict[str, PointSample]
+    tops: dict[str, TopSamples]
+    seen: int = 0
+
+    def merge(self, other: "LevelPass") -> None:
+        for name in self.samples:
+            self.samples[name].merge(other.samples[name])
+            self.tops[name].merge(other.tops[name])
+        self.seen += other.seen
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"seen": torch.tensor(self.seen)}
+        for name in self.samples:
+            for k, v in self.samples[name].state_dict().items():
+                out[f"{name}/sample/{k}"] = v
+            for k, v in self.tops[name].state_dict().items():
+                out[f"{name}/top/{k}"] = v
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.seen = int(state["seen"])
+        for name in self.samples:
+            self.samples[name].load_state_dict({k: state[f"{name}/sample/{k}"] for k in ("keys", "values")})
+            self.tops[name].load_state_dict({k: state[f"{name}/top/{k}"] for k in ("values", "indices")})
+
+
+@dataclass
+class CountPass:
+    """Pass-2 statistics: one dissection metric per layer, levels set (mergeable)."""
+
+    metrics: dict[str, DissectionMetric]
+    seen: int = 0
+
+    def merge(self, other: "CountPass") -> None:
+        for name in self.metrics:
+            self.metrics[name].merge(other.metrics[name])
+        self.seen += other.seen
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"seen": torch.tensor(self.seen)}
+        for name, metric in self.metrics.items():
+            for k, v in metric.state_dict().items():
+                out[f"{name}/{k}"] = v
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.seen = int(state["seen"])
+        for name, metric in self.metrics.items():
+            prefix = f"{name}/"
+            metric.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+@dataclass
+class DissectionRun:
+    """A dissection split into its steps, for sharded, distributed or resumable runs.
+
+    >>> run = DissectionRun(gen, seg, ["layer4"], samples=1000)
+    >>> p1 = run.level_pass(0, 500); p1.merge(run.level_pass(500, 1000))
+    >>> p2 = run.count_pass(p1, 0, 500); p2.merge(run.count_pass(p1, 500, 1000))
+    >>> [result] = run.results(p1, p2)
+    """
+
+    generator: Generator
+    segmenter: Segmenter
+    layers: list[str]
+    samples: int = 1000
+    seed: int = 0
+    threshold: float | str = 0.99
+    batch_size: int | None = None
+    device: torch.device | str | None = None
+    registry: PluginRegistry | None = None
+    sketch_size: int = 16384
+    top_k: int = 20
+    iou_min: float = 0.05
+    iqr_min: float = 0.01
+    metric: str | None = None
+    progress: bool = False
+    _probe: Probe | None = field(default=None, init=False, repr=False)
+    _latents: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        validate_settings(self.samples, self.threshold, self.batch_size)
+        if isinstance(self.layers, str):
+            self.layers = [self.layers]
+        if not self.layers:
+            raise GdxError("no layer given: pass a layer name (see generator.layer_names()).")
+        resolve_layers(self.generator.module, self.layers)  # clear error for a wrong name
+        self.batch_size = int(self.batch_size or DEFAULT_BATCH_SIZE)
+        self.registry = self.registry or default_registry()
+        if self.metric is None:
+            self.metric = "iqr" if self.threshold == "iqr" else "iou"
+        self.registry.info("metric", self.metric)  # unknown metric -> error listing the known
+        if self.device is not None:
+            self.generator.to(self.device)
+            self.segmenter.to(self.device)
+        self.generator.module.eval()
+
+    # -- sampling --------------------------------------------------------------
+    @property
+    def latents(self) -> torch.Tensor:
+        if self._latents is None:
+            self._latents = self.generator.sample_latents(self.samples, seed=self.seed)
+            if len(self._latents) != self.samples:
+                raise GdxError(
+                    f"generator {self.generator.name!r} returned {len(self._latents)} latents for "
+                    f"sample_latents({self.samples}); it must return exactly n."
+                )
+        return self._latents
+
+    def batches(self, start: int, stop: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch number, global sample indices) over ``[start, stop)``."""
+        assert self.batch_size is not None
+        for b0 in range(start, stop, self.batch_size):
+            yield b0 // self.batch_size, torch.arange(b0, min(b0 + self.batch_size, stop))
+
+    def _z(self, index: torch.Tensor) -> torch.Tensor:
+        return self.latents[index].to(self.generator.device)
+
+    # -- forward passes -------------------------------------------------------------
+    def _layer_outputs(self, z: torch.Tensor, *, stop: bool, batch: int, index: torch.Tensor):
+        with Trace(self.generator.module, self.layers, stop=stop) as tr:
+            images = self.generator.generate(z)
+        acts = {}
+        for name in self.layers:
+            if name not in tr.outputs:
+                raise GdxError(
+                    f"layer {name!r} did not run during generate(); pick a layer on the path from "
+                    "latent to image (see generator.layer_names())."
+                )
+            a = tr.outputs[name]
+            if not isinstance(a, torch.Tensor) or a.ndim != 4:
+                shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+                raise GdxError(
+                    f"layer {name!r} outputs {shape}; dissection needs a feature map N x U x h x w. "
+                    "Pick a convolutional layer (or a sub-module whose output is one)."
+                )
+            check_finite(f"layer {name!r} activations", a, batch=batch, sample_index=index)
+            if self._probe is not None:
+                want = (self._probe.units[name], *self._probe.grid[name])
+                if tuple(a.shape[1:]) != want:
+                    raise GdxError(
+                        f"layer {name!r} changed shape at batch {batch} (samples {index[0]}..{index[-1]}): "
+                        f"{tuple(a.shape[1:])}, earlier {want}. Dissection needs a fixed layer shape."
+                    )
+            acts[name] = a
+        return acts, (None if stop else images)
+
+    def _segment(self, images: torch.Tensor, *, batch: int, index: torch.Tensor) -> torch.Tensor:
+        check_images(images, n=len(index), batch=batch, sample_index=index)
+        seg = self.segmenter.segment(resize_for(self.segmenter, images))
+        return check_segmentation(
+            seg, n=len(index), num_labels=len(self.segmenter.labels), batch=batch, name=self.segmenter.name
+        )
+
+    def probe(self) -> Probe:
+        """Learn layer and segmentation shapes from sample 0 (and validate both models)."""
+        if self._probe is None:
+            index = torch.arange(1)
+            with torch.no_grad():
+                acts, images = self._layer_outputs(self._z(index), stop=False, batch=0, index=index)
+                seg = self._segment(images, batch=0, index=index)
+            self._probe = Probe(
+                units={k: int(v.shape[1]) for k, v in acts.items()},
+                grid={k: (int(v.shape[2]), int(v.shape[3])) for k, v in acts.items()},
+                seg_size=(int(seg.shape[2]), int(seg.shape[3])),
+                seg_heads=int(seg.shape[1]),
+            )
+        return self._probe
+
+    # -- pass 1 ---------------------------------------------------------------------
+    def new_level_pass(self) -> LevelPass:
+        p = self.probe()
+        return LevelPass(
+            samples={n: PointSample(p.units[n], p.seg_size, size=self.sketch_size, seed=self.seed) for n in self.layers},
+            tops={n: TopSamples(p.units[n], self.top_k) for n in self.layers},
+        )
+
+    def level_pass(self, start: int = 0, stop: int | None = None, *, state: LevelPass | None = None,
+                   on_batch=None) -> LevelPass:
+        """Pass 1 over samples ``[start, stop)``: generator up to the layers only."""
+        stop = self.samples if stop is None else stop
+        state = state or self.new_level_pass()
+        with torch.no_grad():
+            for batch, index in self._progress(self.batches(start, stop), start, stop, "pass 1/2 levels"):
+                acts, _ = self._layer_outputs(self._z(index), stop=True, batch=batch, index=index)
+                for name, a in acts.items():
+                    state.samples[name].update(a, index)
+                    state.tops[name].update(a, index)
+                state.seen += len(index)
+                if on_batch is not None:
+                    on_batch(batch, int(index[-1]) + 1, state)
+        return state
+
+    # -- pass 2 ---------------------------------------------------------------------
+    def _context(self, name: str) -> DissectionContext:
+        return DissectionContext(
+            layer=name, units=self.probe().units[name], labels=list(self.segmenter.labels),
+            categories=dict(self.segmenter.categories), threshold=self.threshold,
+        )
+
+    def new_count_pass(self, levels: LevelPass) -> CountPass:
+        assert self.registry is not None and self.metric is not None
+        info = self.registry.info("metric", self.metric)
+        metrics: dict[str, DissectionMetric] = {}
+        for name in self.layers:
+            metric = info.factory(self._context(name))
+            if not isinstance(metric, DissectionMetric):
+                raise GdxError(f"metric {self.metric!r} is not a dissection metric (kind {getattr(metric, 'kind', '?')!r})")
+            fractions = metric.fractions()
+            if fractions is not None:
+                metric.set_levels(levels.samples[name].quantile_levels(fractions))
+            metrics[name] = metric
+        return CountPass(metrics)
+
+    def count_pass(self, levels: LevelPass, start: int = 0, stop: int | None = None, *,
+                   state: CountPass | None = None, on_batch=None) -> CountPass:
+        """Pass 2 over samples ``[start, stop)``: generator + segmenter, exact counts."""
+        stop = self.samples if stop is None else stop
+        state = state or self.new_count_pass(levels)
+        with torch.no_grad():
+            for batch, index in self._progress(self.batches(start, stop), start, stop, "pass 2/2 counts"):
+                acts, images = self._layer_outputs(self._z(index), stop=False, batch=batch, index=index)
+                seg = self._segment(images, batch=batch, index=index)
+                for name, a in acts.items():
+                    size = tuple(seg.shape[-2:])
+                    state.metrics[name].update(LevelBatch(
+                        acts=a, seg=seg, sample_index=index,
+                        upsampled=lambda a=a, size=size: F.interpolate(a, size=size, mode="bilinear", align_corners=False),
+                    ))
+                state.seen += len(index)
+                if on_batch is not None:
+                    on_batch(batch, int(index[-1]) + 1, state)
+        return state
+
+    # -- results --------------------------------------------------------------------
+    def results(self, levels: LevelPass, counts: CountPass) -> list[Dissection]:
+        from gdx import __version__
+
+        out = []
+        labels = list(self.segmenter.labels)
+        categories = dict(self.segmenter.categories)
+        for name in self.layers:
+            metric = counts.metrics[name]
+            scores = metric.result()
+            unit_labels = []
+            for u in range(len(scores.best_label)):
+                c = int(scores.best_label[u])
+                unit_labels.append(UnitLabel(
+                    unit=u, label=labels[c], iou=float(scores.iou[u, c]),
+                    iqr=None if scores.iqr is None else float(scores.iqr[u, c]),
+                    category=categories.get(labels[c]),
+                ))
+            lc = metric.counts
+            settings = DissectionSettings(
+                generator=self.generator.name, segmenter=self.segmenter.name, layer=name,
+                samples=self.samples, seed=self.seed, threshold=self.threshold,
+                batch_size=int(self.batch_size or 0), iou_min=self.iou_min, iqr_min=self.iqr_min,
+                sketch_size=self.sketch_size, top_k=self.top_k, metric=str(self.metric), gdx_version=__version__,
+            )
+            fr = metric.fractions()
+            out.append(Dissection(
+                layer=name, labels=labels, categories=categories, iou=scores.iou, thresholds=scores.thresholds,
+                unit_labels=unit_labels, top_indices=levels.tops[name].indices, top_values=levels.tops[name].values,
+                settings=settings, iqr=scores.iqr, levels=metric.levels,
+                fractions=None if fr is None else fr.float(),
+                label_fraction=None if lc is None else (lc.area.double() / max(int(lc.pixels), 1)).float(),
+                extra=dict(scores.extra),
+            ))
+        return out
+
+    def _progress(self, it, start: int, stop: int, desc: str):
+        if not self.progress:
+            return it
+        from tqdm.auto import tqdm
+
+        assert self.batch_size is not None
+        total = (stop - start + self.batch_size - 1) // self.batch_size
+        return tqdm(it, total=total, desc=desc, unit="batch", leave=False)
+
+
+def validate_settings(samples: Any, threshold: Any, batch_size: Any) -> None:
+    if not isinstance(samples, int) or samples < 1:
+        raise GdxError(f"samples must be a positive integer, got {samples!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise GdxError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if threshold == "iqr":
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < float(threshold) < 1:
+        raise GdxError(
+            f"threshold must be a quantile strictly between 0 and 1 (e.g. 0.99 = top 1%) or 'iqr', "
+            f"got {threshold!r}"
+        )
+
+
+def dissect(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str | Sequence[str],
+    *,
+    samples: int = 1000,
+    batch_size: int | None = None,
+    seed: int = 0,
+    threshold: float | str = 0.99,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    registry: PluginRegistry | None = None,
+    sketch_size: int = 16384,
+    top_k: int = 20,
+    metric: str | None = None,
+) -> Dissection | list[Dissection]:
+    """Dissect ``layer`` (or a list of layers) of ``generator`` against ``segmenter``.
+
+    ``threshold`` is a quantile ``q`` in (0, 1) (each unit's region is where its upsampled
+    map exceeds its q-quantile over all pixels of all samples) or ``"iqr"`` (the paper's
+    information-quality-ratio rule). Several layers share the same forward passes.
+    Returns one :class:`Dissection` per layer (a single one when ``layer`` is a string).
+
+    >>> gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
+    >>> d = gdx.dissect(gen, seg, "features", samples=200, seed=0)
+    >>> d.unit_labels[0]
+    UnitLabel(unit=0, label='sun', iou=0.8..., iqr=None, category='object')
+    """
+    run = DissectionRun(
+        generator, segmenter, [layer] if isinstance(layer, str) else list(layer), samples=samples, seed=seed,
+        threshold=threshold, batch_size=batch_size, device=device, registry=registry,
+        sketch_size=sketch_size, top_k=top_k, metric=metric, progress=progress,
+    )
+    levels = run.level_pass()
+    counts = run.count_pass(levels)
+    results = run.results(levels, counts)
+    return results[0] if isinstance(layer, str) else results

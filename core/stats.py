@@ -1,0 +1,349 @@
+"""Streaming, mergeable statistics for dissection.
+
+Everything here has bounded memory (independent of the number of samples), a
+``merge`` that gives the same answer as one pass over all the data, and a
+``state_dict`` / ``load_state_dict`` pair (plain tensors) for checkpoints and for
+moving partial results between processes.
+
+* :class:`PointSample` keeps a fixed-size uniform sample of upsampled pixel positions,
+  chosen by a hash of (sample index, pixel), so the kept set does not depend on batch
+  order or sharding: merged shards hold *exactly* the points a single run holds.
+  Quantile levels are read off it (pass 1).
+* :class:`TopSamples` keeps each unit's k most activating samples.
+* :class:`LevelCounts` counts, at given per-unit levels, the pixels above each level and
+  their co-occurrence with each label (pass 2); IoU and IQR at every level follow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_MASK62 = (1 << 62) - 1
+
+
+def hash_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """A deterministic 62-bit mixing hash of int64 ``index`` (splitmix64-style).
+
+    int64 products wrap around in torch; masking to 62 bits keeps every step
+    non-negative, so the right shifts are logical.
+    """
+    offset = (seed * 0x632BE59BD9B4E019 + 0x2545F4914F6CDD1D) & _MASK62
+    x = (index * (0x9E3779B97F4A7C15 & _MASK62) + offset) & _MASK62
+    x = x ^ (x >> 30)
+    x = (x * (0xBF58476D1CE4E5B9 & _MASK62)) & _MASK62
+    x = x ^ (x >> 27)
+    x = (x * (0x94D049BB133111EB & _MASK62)) & _MASK62
+    return x ^ (x >> 31)
+
+
+@dataclass(frozen=True)
+class UpsampleAxis:
+    """PyTorch's bilinear ``align_corners=False`` source taps for one axis."""
+
+    i0: torch.Tensor  # (out,) lower source index
+    i1: torch.Tensor  # (out,) upper source index
+    w1: torch.Tensor  # (out,) weight of i1
+
+    @staticmethod
+    def make(size_in: int, size_out: int, device: torch.device) -> "UpsampleAxis":
+        scale = size_in / size_out
+        src = ((torch.arange(size_out, dtype=torch.float64, device=device) + 0.5) * scale - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=size_in - 1)
+        i1 = (i0 + 1).clamp(max=size_in - 1)
+        return UpsampleAxis(i0, i1, (src - i0).float())
+
+
+def bilinear_at(acts: torch.Tensor, n_idx: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                out_size: tuple[int, int]) -> torch.Tensor:
+    """Values of ``F.interpolate(acts, out_size, 'bilinear')`` at pixels (n, y, x): (P, U).
+
+    Only the requested pixels are computed, so sampling stays cheap for big layers.
+    """
+    _, _, h, w = acts.shape
+    ay = UpsampleAxis.make(h, out_size[0], acts.device)
+    ax = UpsampleAxis.make(w, out_size[1], acts.device)
+    a = acts.permute(0, 2, 3, 1)  # n, h, w, U
+    y0, y1, wy = ay.i0[y], ay.i1[y], ay.w1[y][:, None]
+    x0, x1, wx = ax.i0[x], ax.i1[x], ax.w1[x][:, None]
+    top = a[n_idx, y0, x0] * (1 - wx) + a[n_idx, y0, x1] * wx
+    bottom = a[n_idx, y1, x0] * (1 - wx) + a[n_idx, y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+class PointSample:
+    """A fixed-size, order-independent uniform sample of upsampled unit values.
+
+    Each pixel (sample ``i``, position ``p``) of the upsampled maps gets the key
+    ``hash(i * H * W + p)``; the sample is the ``size`` pixels with the smallest keys
+    seen, with the values of all units there. The same pixels win whatever the batch
+    order or sharding, so ``merge`` is exact. Memory: ``size x units`` floats.
+    """
+
+    def __init__(self, units: int, out_size: tuple[int, int], *, size: int = 16384, seed: int = 0) -> None:
+        self.units, self.out_size, self.size, self.seed = units, tuple(out_size), int(size), int(seed)
+        self.keys = torch.empty(0, dtype=torch.int64)
+        self.values = torch.empty(0, units)
+
+    def update(self, acts: torch.Tensor, sample_index: torch.Tensor) -> None:
+        """Fold in a batch: ``acts`` n x U x h x w (raw layer output), global sample indices (n,)."""
+        n = acts.shape[0]
+        hw = self.out_size[0] * self.out_size[1]
+        pixel = torch.arange(hw, dtype=torch.int64)
+        flat = sample_index.to(torch.int64).cpu()[:, None] * hw + pixel[None, :]
+        keys = hash_keys(flat.reshape(-1), self.seed)
+        if len(self.keys) >= self.size:
+            cutoff = self.keys.max()
+            keep = keys < cutoff
+            if not bool(keep.any()):
+                return
+            cand = keep.nonzero().squeeze(1)
+        else:
+            cand = torch.arange(keys.numel())
+        if cand.numel() > self.size:
+            cand = cand[torch.topk(keys[cand], self.size, largest=False).indices]
+        ckeys = keys[cand]
+        n_idx, pos = cand // hw, cand % hw
+        y, x = pos // self.out_size[1], pos % self.out_size[1]
+        dev = acts.device
+        vals = bilinear_at(acts.float(), n_idx.to(dev), y.to(dev), x.to(dev), self.out_size).cpu()
+        self._absorb(ckeys, vals)
+        del n
+
+    def _absorb(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        keys = torch.cat([self.keys, keys])
+        values = torch.cat([self.values, values])
+        if len(keys) > self.size:
+            keep = torch.topk(keys, self.size, largest=False).indices
+            keys, values = keys[keep], values[keep]
+        order = torch.argsort(keys)  # canonical order: results do not depend on merge order
+        self.keys, self.values = keys[order], values[order]
+
+    def merge(self, other: "PointSample") -> None:
+        self._absorb(other.keys, other.values)
+
+    def quantile_levels(self, fractions: torch.Tensor) -> torch.Tensor:
+        """Per-unit levels with a ``fractions`` share of values above: (U, L), ascending in level.
+
+        ``fractions`` must be sorted descending (largest share first), so levels ascend.
+        Uses the same linear interpolation as ``torch.quantile``.
+        """
+        if len(self.values) == 0:
+            raise ValueError("no samples seen yet")
+        v = torch.sort(self.values.double(), dim=0).values  # m, U
+        m = v.shape[0]
+        pos = (1.0 - fractions.double()).clamp(0, 1) * (m - 1)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=m - 1)
+        frac = (pos - lo)[:, None]
+        levels = v[lo] * (1 - frac) + v[hi] * frac  # L, U
+        return levels.t().contiguous().float()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.keys, "values": self.values}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.keys, self.values = state["keys"].clone(), state["values"].clone()
+
+
+class TopSamples:
+    """Each unit's ``k`` samples with the highest maximum activation."""
+
+    def __init__(self, units: int, k: int = 20) -> None:
+        self.units, self.k = units, int(k)
+        self.values = torch.empty(units, 0)
+        self.indices = torch.empty(units, 0, dtype=torch.int64)
+
+    def update(self, acts: torch.Tensor, sample_index: torch.Tensor) -> None:
+        peak = acts.detach().flatten(2).amax(2).float().cpu().t()  # U, n
+        idx = sample_index.cpu().to(torch.int64)[None, :].expand(self.units, -1)
+        self._absorb(peak, idx)
+
+    def _absorb(self, values: torch.Tensor, indices: torch.Tensor) -> None:
+        values = torch.cat([self.values, values], 1)
+        indices = torch.cat([self.indices, indices], 1)
+        # Sort by (value desc, index asc) so ties resolve the same way in any merge order.
+        order = torch.argsort(indices, dim=1, stable=True)
+        values, indices = values.gather(1, order), indices.gather(1, order)
+        order = torch.argsort(values, dim=1, descending=True, stable=True)[:, : self.k]
+        self.values, self.indices = values.gather(1, order), indices.gather(1, order)
+
+    def merge(self, other: "TopSamples") -> None:
+        self._absorb(other.values, other.indices)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values, "indices": self.indices}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.values, self.indices = state["values"].clone(), state["indices"].clone()
+
+
+class LevelCounts:
+    """Exact pixel counts at per-unit levels: above-level totals and label co-occurrence.
+
+    For levels ``t`` (U x L, ascending per unit) and labels ``0..C-1``:
+
+    * ``above[u, j]`` = #pixels with upsampled ``r_u > t[u, j]``
+    * ``cooc[u, j, c]`` = #pixels with ``r_u > t[u, j]`` and label ``c``
+    * ``area[c]`` = #pixels with label ``c``; ``pixels`` = #pixels (per label slot).
+
+    Counts are int64 and add exactly, so merging shards is exact.
+    """
+
+    def __init__(self, levels: torch.Tensor, num_labels: int, *, unit_chunk: int = 64) -> None:
+        self.levels = levels.float().cpu()
+        self.units, self.num_levels = self.levels.shape
+        self.num_labels = int(num_labels)
+        self.unit_chunk = unit_chunk
+        self.above = torch.zeros(self.units, self.num_levels, dtype=torch.int64)
+        self.cooc = torch.zeros(self.units, self.num_levels, self.num_labels, dtype=torch.int64)
+        self.area = torch.zeros(self.num_labels, dtype=torch.int64)
+        self.pixels = torch.zeros((), dtype=torch.int64)
+        self._dev_levels: dict[torch.device, torch.Tensor] = {}
+
+    def _levels_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._dev_levels:
+            self._dev_levels[device] = self.levels.to(device)
+        return self._dev_levels[device]
+
+    def update(self, acts: torch.Tensor, seg: torch.Tensor) -> None:
+        """Fold in raw layer outputs ``acts`` (n x U x h x w) and labels ``seg`` (n x K x H x W)."""
+        n, _, h, w = acts.shape
+        H, W = seg.shape[-2:]
+        k = seg.shape[1]
+        labels = seg.long()
+        valid = labels >= 0
+        self.area += torch.bincount(labels[valid].flatten().cpu(), minlength=self.num_labels)[: self.num_labels]
+        self.pixels += n * H * W
+        sy, sx = H // h, W // w
+        sparse = sy * h == H and sx * w == W and sy == sx and sy >= 1
+        levels = self._levels_on(acts.device)
+        for start in range(0, self.units, self.unit_chunk):
+            stop = min(start + self.unit_chunk, self.units)
+            chunk = acts[:, start:stop].float()
+            lv = levels[start:stop]
+            if sparse and self._sparse_pays(chunk, lv):
+                self._count_sparse(chunk, labels, lv, start, sy)
+            else:
+                self._count_dense(chunk, labels, lv, start, (H, W))
+        del k
+
+    @staticmethod
+    def _sparse_pays(chunk: torch.Tensor, lv: torch.Tensor) -> bool:
+        # The block path wins when few cells can exceed the lowest level.
+        active = (chunk > lv[None, :, 0, None, None]).float().mean()
+        return bool(active < 0.25)
+
+    def _accumulate(self, units: torch.Tensor, bucket: torch.Tensor, lab: torch.Tensor, start: int, span: int) -> None:
+        """Add pixels with per-pixel unit, bucket (#levels below value, >=1) and labels (P, K)."""
+        L, C = self.num_levels, self.num_labels
+        u_local = units - start
+        above_idx = u_local * (L + 1) + bucket
+        hist = torch.bincount(above_idx, minlength=span * (L + 1)).view(span, L + 1)
+        # above[u, j] = #pixels with bucket > j
+        cum = hist.flip(1).cumsum(1).flip(1)[:, 1:]
+        self.above[start : start + span] += cum.cpu()
+        for kk in range(lab.shape[1]):
+            lk = lab[:, kk]
+            ok = lk >= 0
+            idx = (above_idx[ok]) * C + lk[ok]
+            h2 = torch.bincount(idx, minlength=span * (L + 1) * C).view(span, L + 1, C)
+            self.cooc[start : start + span] += h2.flip(1).cumsum(1).flip(1)[:, 1:].cpu()
+
+    def _count_dense(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int,
+                     size: tuple[int, int]) -> None:
+        n, span = chunk.shape[:2]
+        up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)  # n, span, H, W
+        vals = up.permute(1, 0, 2, 3).reshape(span, -1)  # span, n*H*W
+        bucket = torch.searchsorted(lv.contiguous(), vals.contiguous(), right=False)  # #levels < v
+        keep = bucket > 0
+        u_of = torch.arange(start, start + span, device=chunk.device)[:, None].expand_as(bucket)
+        pix = torch.arange(vals.shape[1], device=chunk.device)[None, :].expand_as(bucket)
+        lab = labels.permute(0, 2, 3, 1).reshape(-1, labels.shape[1])  # n*H*W, K
+        self._accumulate(u_of[keep], bucket[keep], lab[pix[keep]], start, span)
+
+    def _count_sparse(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int, s: int) -> None:
+        """Integer scale ``s``: only upsample the dual cells whose corners can pass a level."""
+        n, span, h, w = chunk.shape
+        H, W = h * s, w * s
+        padded = F.pad(chunk, (1, 1, 1, 1), mode="replicate")  # n, span, h+2, w+2
+        cellmax = F.max_pool2d(padded, 2, stride=1)  # n, span, h+1, w+1
+        active = (cellmax > lv[None, :, 0, None, None]).nonzero()  # A x (i, u, a, b)
+        if active.numel() == 0:
+            return
+        i, u, a, b = active.unbind(1)
+        c00 = padded[i, u, a, b]
+        c01 = padded[i, u, a, b + 1]
+        c10 = padded[i, u, a + 1, b]
+        c11 = padded[i, u, a + 1, b + 1]
+        off = -((s + 1) // 2)
+        f = ((off + torch.arange(s, device=chunk.device, dtype=torch.float32) + 0.5) / s + 0.5)
+        fy, fx = f[:, None], f[None, :]
+        vals = ((c00[:, None, None] * (1 - fx) + c01[:, None, None] * fx) * (1 - fy)
+                + (c10[:, None, None] * (1 - fx) + c11[:, None, None] * fx) * fy)  # A, s, s
+        # Labels on a canvas aligned to the dual cells; -2 marks pixels outside the image.
+        K = labels.shape[1]
+        canvas = torch.full((n, K, (h + 1) * s, (w + 1) * s), -2, dtype=labels.dtype, device=labels.device)
+        canvas[:, :, -off : -off + H, -off : -off + W] = labels
+        blocks = canvas.view(n, K, h + 1, s, w + 1, s)
+        lab = blocks[i, :, a, :, b, :]  # A, K, s, s
+        inside = lab[:, 0] != -2  # A, s, s
+        vals = vals.reshape(len(i), s * s)
+        bucket = torch.searchsorted(lv[u].contiguous(), vals.contiguous(), right=False)  # A, s*s
+        keep = (bucket > 0) & inside.reshape(len(i), s * s)
+        uu = (u + start)[:, None].expand_as(bucket)[keep]
+        lab = lab.permute(0, 2, 3, 1).reshape(len(i), s * s, K)[keep]  # P, K
+        self._accumulate(uu, bucket[keep], lab, start, span)
+
+    def merge(self, other: "LevelCounts") -> None:
+        if not torch.equal(self.levels, other.levels):
+            raise ValueError("cannot merge counts taken at different levels")
+        self.above += other.above
+        self.cooc += other.cooc
+        self.area += other.area
+        self.pixels += other.pixels
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"levels": self.levels, "above": self.above, "cooc": self.cooc, "area": self.area,
+                "pixels": self.pixels}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.levels = state["levels"].clone()
+        self.above, self.cooc = state["above"].clone(), state["cooc"].clone()
+        self.area, self.pixels = state["area"].clone(), state["pixels"].clone()
+        self._dev_levels.clear()
+
+
+def iou_from_counts(above: torch.Tensor, cooc: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
+    """IoU at every level: cooc / (above + area - cooc); shapes (U,L), (U,L,C), (C,) -> (U,L,C)."""
+    union = above[..., None] + area - cooc
+    return (cooc.double() / union.clamp(min=1).double()).float()
+
+
+def iqr_from_counts(above: torch.Tensor, cooc: torch.Tensor, area: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Information quality ratio I(A;B)/H(A,B) of the 2x2 table (r > t) vs (label c), (U,L,C)."""
+    n = float(pixels)
+    p11 = cooc.double() / n
+    p10 = above[..., None].double() / n - p11
+    p01 = area.double() / n - p11
+    p00 = 1.0 - p11 - p10 - p01
+    pa1 = p11 + p10
+    pb1 = p11 + p01
+    cells = [(p11, pa1, pb1), (p10, pa1, 1 - pb1), (p01, 1 - pa1, pb1), (p00, 1 - pa1, 1 - pb1)]
+    mi = torch.zeros_like(p11)
+    joint_h = torch.zeros_like(p11)
+    for p, pa, pb in cells:
+        p = p.clamp(min=0)
+        nz = p > 0
+        term = torch.where(nz, p * torch.log(p.clamp(min=1e-300) / (pa * pb).clamp(min=1e-300)), torch.zeros_like(p))
+        mi = mi + term
+        joint_h = joint_h - torch.where(nz, p * torch.log(p.clamp(min=1e-300)), torch.zeros_like(p))
+    return (mi / joint_h.clamp(min=1e-300)).clamp(min=0).float()
+
+
+def log_fractions(count: int = 100, low: float = 1e-3) -> torch.Tensor:
+    """``count`` top fractions, log-spaced from 1 down to ``low`` (descending)."""
+    return torch.logspace(0.0, math.log10(low), count, dtype=torch.float64)
