@@ -30,6 +30,8 @@ class Generator(abc.ABC):
 
     #: Short name shown in reports and listings.
     name: str = "generator"
+    #: The layer ``gdx run`` dissects when no ``--layer`` is given (None: the user must say).
+    default_layer: str | None = None
 
     @property
     @abc.abstractmethod

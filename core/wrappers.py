@@ -21,12 +21,14 @@ def seeded_normal(n: int, latent_shape: Sequence[int], seed: int) -> torch.Tenso
 class ModuleGenerator(Generator):
     """A :class:`Generator` around an ``nn.Module`` mapping latents to images in [-1, 1]."""
 
-    def __init__(self, module: nn.Module, *, latent_shape: Sequence[int], name: str | None = None) -> None:
+    def __init__(self, module: nn.Module, *, latent_shape: Sequence[int], name: str | None = None,
+                 default_layer: str | None = None) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"wrap_generator needs an nn.Module, got {type(module).__name__}")
         self._module = module.eval()
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.name = name or type(module).__name__
+        self.default_layer = default_layer
 
     @property
     def module(self) -> nn.Module:
@@ -39,7 +41,8 @@ class ModuleGenerator(Generator):
         return self._module(z)
 
 
-def wrap_generator(module: nn.Module, *, latent_shape: Sequence[int], name: str | None = None) -> Generator:
+def wrap_generator(module: nn.Module, *, latent_shape: Sequence[int], name: str | None = None,
+                   default_layer: str | None = None) -> Generator:
     """Wrap any ``nn.Module`` that maps latents (N x *latent_shape) to images in [-1, 1].
 
     Latents for ``n`` samples and seed ``s`` are
@@ -48,7 +51,7 @@ def wrap_generator(module: nn.Module, *, latent_shape: Sequence[int], name: str 
     >>> gen = gdx.wrap_generator(my_gan, latent_shape=(512,))
     >>> gdx.dissect(gen, seg, "layer4", samples=1000)
     """
-    return ModuleGenerator(module, latent_shape=latent_shape, name=name)
+    return ModuleGenerator(module, latent_shape=latent_shape, name=name, default_layer=default_layer)
 
 
 class CallableSegmenter(Segmenter):

@@ -8,7 +8,7 @@ from gdx.toy import LATENT_DIM, ToyGenerator
 
 def build_toy(resolution: int = 32) -> gdx.Generator:
     """SYNTHETIC toy world: blobs of sun/tree/rock/lake with known units (layer 'features')."""
-    return gdx.wrap_generator(ToyGenerator(resolution), latent_shape=(LATENT_DIM,), name="toy")
+    return gdx.wrap_generator(ToyGenerator(resolution), latent_shape=(LATENT_DIM,), name="toy", default_layer="features")
 
 
 @gdx.hookimpl

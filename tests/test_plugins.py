@@ -1,0 +1,127 @@
+"""Plugin loading: built-ins, embedding with an own registry, entry points, bad hooks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pluggy
+import pytest
+import torch
+
+import gdx
+from gdx import hookspecs
+from gdx.manager import PluginRegistry
+
+HERE = Path(__file__).parent
+
+
+def make_plugin(**hooks):
+    mod = types.ModuleType("test_plugin")
+    for name, fn in hooks.items():
+        setattr(mod, name, gdx.hookimpl(fn))
+    return mod
+
+
+def test_builtins_are_registered_through_the_hooks():
+    reg = PluginRegistry(load_entrypoints=False)
+    assert "toy" in reg.infos("generator") and "toy" in reg.infos("segmenter")
+    assert {"iou", "iqr"} <= set(reg.infos("metric"))
+    assert all(i.plugin.startswith("gdx.plugins.") for i in reg.infos("metric").values())
+
+
+def test_embedding_registry_has_its_own_plugins_and_no_global_state():
+    calls = []
+
+    def register_generators(register):
+        def build(scale: float = 1.0):
+            """A constant generator."""
+            calls.append(scale)
+            return gdx.wrap_generator(torch.nn.Identity(), latent_shape=(3, 2, 2), name="const")
+
+        register("const", build)
+
+    reg = PluginRegistry([make_plugin(register_generators=register_generators)], load_entrypoints=False)
+    gen = reg.load_generator("const", scale=2.0)
+    assert calls == [2.0] and gen.name == "const"
+    assert "const" not in gdx.default_registry().infos("generator")
+    assert reg.infos("generator")["const"].description == "A constant generator."
+
+
+def test_misspelt_hook_fails_loudly():
+    def register_generator(register):  # missing the "s"
+        pass
+
+    with pytest.raises(pluggy.PluginValidationError, match="register_generator"):
+        PluginRegistry([make_plugin(register_generator=register_generator)], load_entrypoints=False)
+
+
+def test_unknown_names_and_options_list_what_exists():
+    with pytest.raises(gdx.UnknownAdapterError, match="Did you mean 'toy'.*Installed generators: toy"):
+        gdx.load_generator("toi")
+    with pytest.raises(gdx.AdapterOptionError, match="no option 'size'.*resolution=32"):
+        gdx.load_generator("toy", size=3)
+
+
+def test_every_hook_is_documented():
+    for name in ("register_generators", "register_segmenters", "register_metrics", "register_commands"):
+        spec = getattr(hookspecs, name)
+        assert spec.__doc__ and len(spec.__doc__) > 20
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    """pip-install the third-party test package into a throwaway target folder."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(HERE / "plugin_pkg")],
+        check=True,
+    )
+    return target
+
+
+def run_gdx(args, site, **env_extra):
+    env = {k: v for k, v in os.environ.items() if k != "GDX_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "gdx.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_third_party_package_is_listed_and_usable(installed_plugin, tmp_path):
+    out = run_gdx(["generators"], installed_plugin)
+    assert out.returncode == 0, out.stderr
+    assert "tinygan" in out.stdout and "gdx-tinygan 0.0.1" in out.stdout
+    out = run_gdx(["plugins"], installed_plugin)
+    assert "tinygan" in out.stdout
+    out = run_gdx(["run", "--gen", "tinygan", "--seg", "toy", "--samples", "20", "--quiet",
+                   "--out", str(tmp_path / "r")], installed_plugin)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "r" / "run.json").exists() and (tmp_path / "r" / "conv" / "dissection.json").exists()
+
+
+def test_gdx_load_plugins_restricts_entry_points(installed_plugin):
+    out = run_gdx(["generators"], installed_plugin, GDX_LOAD_PLUGINS="")
+    assert out.returncode == 0 and "tinygan" not in out.stdout
+    out = run_gdx(["generators"], installed_plugin, GDX_LOAD_PLUGINS="gdx-tinygan")
+    assert "tinygan" in out.stdout
+
+
+def test_plugin_commands_are_added_to_the_cli():
+    import click
+    from click.testing import CliRunner
+
+    from gdx.cli import GdxGroup
+
+    def register_commands(cli):
+        @cli.command()
+        def hello():
+            click.echo("hello from a plugin")
+
+    reg = PluginRegistry([make_plugin(register_commands=register_commands)], load_entrypoints=False)
+    group = GdxGroup(name="gdx")
+    reg.pm.hook.register_commands(cli=group)
+    assert CliRunner().invoke(group, ["hello"]).output.strip() == "hello from a plugin"
