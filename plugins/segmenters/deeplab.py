@@ -1,0 +1,177 @@
+"""The "deeplab" segmenter: torchvision DeepLabV3 and smp DeepLabV3/DeepLabV3+ weights.
+
+``--seg deeplab --seg-opt weights=PATH`` where PATH is
+
+* a torchvision ``deeplabv3_resnet50``/``deeplabv3_resnet101`` state dict (keys
+  ``backbone.*``, ``classifier.*``, optionally ``aux_classifier.*``; e.g.
+  ``deeplabv3_resnet50_coco-cd0a2569.pth``). Preprocessing as torchvision's
+  ``DeepLabV3_ResNet50_Weights.transforms()``: RGB 0..1, ImageNet mean/std, resized
+  to 520 px (the default ``input_size`` here is 520x520; pass ``input_size`` to
+  trade accuracy for speed). The auxiliary head's weights load but it never runs;
+* an smp ``DeepLabV3``/``DeepLabV3Plus`` ``save_pretrained`` directory;
+* an smp DeepLabV3/V3+ plain state dict; the architecture is read from the keys and
+  a ResNet encoder's depth from its blocks (``encoder`` names any other encoder).
+
+Labels: ``labels=FILE``, else the 21 PASCAL VOC classes for 21-class models, else
+``class0..``. VOC's index 0 is "background": it stays a real label by default,
+because dissection then measures it like any other concept (a unit that fires on
+background is informative, and dropping it would leave pixels unlabelled that the
+model did label). ``ignore_background=true`` maps it to -1 ("no label") instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import gdx
+from gdx.checkpoints import existing_file, load_torch_file, unwrap_state_dict
+from gdx.errors import CheckpointError
+
+from gdx.plugins.segmenters.labels import choose_labels, voc_labels
+from gdx.plugins.segmenters.smp_loading import (
+    build_smp,
+    classes_of_smp_state,
+    is_smp_directory,
+    load_smp_directory,
+    load_strict,
+    encoder_preprocess,
+)
+from gdx.plugins.segmenters.sniff import looks_like
+from gdx.plugins.segmenters.torch_segmenter import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    TorchSegmenter,
+    parse_size,
+)
+from gdx.plugins.segmenters.upernet import labels_beside, override_preprocess
+
+WHAT = "deeplab segmenter weights"
+TORCHVISION_SIZE = (520, 520)
+_RESNET_DEPTH = {("basic", 2): "resnet18", ("basic", 6): "resnet34", ("bottleneck", 6): "resnet50",
+                 ("bottleneck", 23): "resnet101", ("bottleneck", 36): "resnet152"}
+
+
+class TorchvisionOut(nn.Module):
+    """torchvision segmentation models return ``{"out": ..., "aux": ...}``; keep ``out``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+def _resnet_name(state: dict[str, torch.Tensor], prefix: str) -> str | None:
+    block = "bottleneck" if f"{prefix}layer1.0.conv3.weight" in state else "basic"
+    blocks = len({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "layer3.")})
+    return _RESNET_DEPTH.get((block, blocks))
+
+
+def load_torchvision_deeplab(state: dict[str, torch.Tensor], *, what: str) -> tuple[nn.Module, int, str]:
+    """Build torchvision's deeplabv3_resnet{50,101} to fit ``state``; returns (model, classes, name)."""
+    from torchvision.models import segmentation as tvseg
+
+    backbone = _resnet_name(state, "backbone.")
+    if backbone not in ("resnet50", "resnet101"):
+        raise CheckpointError(
+            f"{what}: a torchvision DeepLabV3 with a {backbone or 'non-ResNet'} backbone is not supported "
+            "(deeplabv3_resnet50 and deeplabv3_resnet101 are)."
+        )
+    classes = int(state["classifier.4.weight"].shape[0])
+    aux = any(k.startswith("aux_classifier.") for k in state)
+    factory = getattr(tvseg, f"deeplabv3_{backbone}")
+    model = factory(weights=None, weights_backbone=None, num_classes=classes, aux_loss=aux)
+    load_strict(model, state, what=what, expected=f"torchvision deeplabv3_{backbone}")
+    return TorchvisionOut(model).eval(), classes, f"deeplabv3_{backbone}"
+
+
+def smp_arch_from_keys(state: dict[str, torch.Tensor]) -> str | None:
+    if any(k.startswith("decoder.aspp.0.convs.") for k in state):
+        return "DeepLabV3Plus"
+    if any(k.startswith("decoder.aspp.convs.") for k in state):
+        return "DeepLabV3"
+    return None
+
+
+def build_deeplab(
+    weights: str,
+    arch: str = "auto",
+    encoder: str = "auto",
+    labels: str | None = None,
+    input_size: str | None = None,
+    ignore_background: bool = False,
+    mean: str | None = None,
+    std: str | None = None,
+) -> gdx.Segmenter:
+    """DeepLabV3: torchvision deeplabv3_resnet50/101 state dict, or smp DeepLabV3/V3+ (directory or state dict).
+
+    ``weights``: file or smp directory; ``arch`` (smp state dicts): auto, DeepLabV3 or
+    DeepLabV3Plus; ``encoder`` (smp state dicts): auto (ResNets) or an smp encoder
+    name; ``labels``: labels file (default VOC-21 for 21 classes); ``input_size``: HxW
+    (default 520x520 for torchvision weights, else the image's size);
+    ``ignore_background``: map VOC background (index 0) to -1; ``mean``/``std``:
+    override the normalisation.
+    """
+    path = existing_file(weights, what=WHAT)
+    size = parse_size(input_size)
+    post = (lambda lab: lab.masked_fill(lab == 0, -1)) if ignore_background else None
+    if path.is_dir():
+        if not is_smp_directory(path):
+            raise CheckpointError(
+                f"{WHAT}: {path} is a directory but not an smp save_pretrained one (config.json + "
+                "model.safetensors). Pass a state dict file or an smp directory."
+            )
+        loaded = load_smp_directory(path, what=WHAT)
+        if loaded.model_class not in ("DeepLabV3", "DeepLabV3Plus"):
+            raise CheckpointError(
+                f"{WHAT}: {path} holds an smp {loaded.model_class}, not a DeepLabV3/V3+"
+                + ("; use --seg upernet." if loaded.model_class == "UPerNet" else ".")
+            )
+        chosen = choose_labels(loaded.classes, labels or labels_beside(path), default=voc_labels(), what=WHAT)
+        return TorchSegmenter(
+            loaded.model, labels=chosen.labels, categories=chosen.categories, name="deeplab",
+            preprocess=override_preprocess(loaded.preprocess, mean, std), input_size=size or loaded.input_size,
+            multiple=int(getattr(loaded.model.encoder, "output_stride", 16)), postprocess=post,
+            details=f"smp {loaded.model_class} {loaded.encoder_name}, preprocessing from {loaded.source}, {path}",
+        )
+    state = unwrap_state_dict(load_torch_file(path, what=WHAT), what=f"{WHAT} ({path})")
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    what = f"{WHAT} ({path})"
+    if "classifier.4.weight" in state and any(k.startswith("classifier.0.convs.") for k in state):
+        model, classes, tv_name = load_torchvision_deeplab(state, what=what)
+        pre = Preprocess(IMAGENET_MEAN, IMAGENET_STD)
+        default_size: tuple[int, int] | None = TORCHVISION_SIZE
+        multiple, details = 1, f"torchvision {tv_name}, {path.name}"
+    elif smp_arch_from_keys(state) is not None or arch != "auto":
+        smp_arch = smp_arch_from_keys(state) if arch == "auto" else arch
+        enc = _resnet_name(state, "encoder.") if encoder == "auto" else encoder
+        if enc is None:
+            raise CheckpointError(f"{what}: cannot tell the smp encoder from the keys; pass --seg-opt encoder=<smp encoder name>.")
+        classes = classes_of_smp_state(state, what=what)
+        model = build_smp(str(smp_arch), enc, classes, what=what)
+        load_strict(model, state, what=what, expected=f"smp.{smp_arch}({enc})")
+        model.eval()
+        pre, default_size = encoder_preprocess(enc), None
+        multiple = int(getattr(model.encoder, "output_stride", 16))
+        details = f"smp {smp_arch} {enc}, {path.name}"
+    else:
+        raise CheckpointError(
+            f"{what}: not a DeepLabV3 checkpoint (torchvision keys backbone.*/classifier.0.convs.*, or smp "
+            f"keys decoder.aspp.*); it looks like {looks_like(state)}."
+        )
+    chosen = choose_labels(classes, labels or labels_beside(path), default=voc_labels(), what=WHAT)
+    return TorchSegmenter(
+        model, labels=chosen.labels, categories=chosen.categories, name="deeplab",
+        preprocess=override_preprocess(pre, mean, std), input_size=size or default_size,
+        multiple=multiple, postprocess=post, details=details,
+    )
+
+
+@gdx.hookimpl
+def register_segmenters(register):
+    register("deeplab", build_deeplab)
