@@ -26,7 +26,9 @@ from gdx.errors import AdapterOptionError, UnknownAdapterError
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.generators.toy",
     "gdx.plugins.segmenters.toy",
-    "gdx.plugins.segmenters.upernet", "gdx.plugins.segmenters.deeplab", "gdx.plugins.segmenters.onnx",
+    "gdx.plugins.segmenters.upernet",
+    "gdx.plugins.segmenters.deeplab",
+    "gdx.plugins.segmenters.onnx",
     "gdx.plugins.metrics.dissection",
 )
 
