@@ -25,6 +25,8 @@ from gdx.errors import AdapterOptionError, UnknownAdapterError
 #: Built-in plugin modules, registered through the same hooks as third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.generators.toy",
+    "gdx.plugins.generators.progan",
+    "gdx.plugins.generators.stylegan2",
     "gdx.plugins.segmenters.toy",
     "gdx.plugins.segmenters.upernet",
     "gdx.plugins.segmenters.deeplab",
