@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.generators.toy",
     "gdx.plugins.generators.progan",
     "gdx.plugins.generators.stylegan2",
+    "gdx.plugins.generators.vae",
     "gdx.plugins.segmenters.toy",
     "gdx.plugins.segmenters.upernet",
     "gdx.plugins.segmenters.deeplab",
