@@ -1,0 +1,811 @@
+"""Causal effects of units on concepts (SPEC §2): ablate, insert, rank, optimise, locate.
+
+Dissection says which units *correlate* with a concept; this module measures which
+units *cause* it, by editing the layer (:func:`gdx.intervene`) and segmenting the
+result. All measurements use the dissection latents recipe
+(``generator.sample_latents(n, seed=seed)``) and segment at the segmenter's
+``input_size``, so a sample here is the same image as in a dissection.
+
+>>> eff = gdx.causal_effect(gen, seg, "layer4", tree_units, "tree", samples=200)
+>>> eff.removed, eff.added, eff.ace
+>>> rank = gdx.optimize_units(gen, seg, "layer4", "tree", init=dissection)
+>>> curve = gdx.cumulative_effect(gen, seg, "layer4", rank, "tree", n_max=20)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gdx.dissect import resize_for
+from gdx.errors import GdxError, ResultFormatError
+from gdx.interfaces import Generator, Segmenter
+from gdx.intervene import (
+    Edit,
+    InterventionError,
+    concept_index,
+    concept_mask,
+    insertion_values,
+    intervene,
+    label_fractions,
+    latent_batches,
+    segment_images,
+)
+from gdx.results import atomic_write_json
+from gdx.tracing import Trace
+
+#: Concepts covering less than this fraction of pixels get no side-effect figure.
+MIN_SIDE_COVERAGE = 1e-3
+
+
+class NotDifferentiableError(GdxError, TypeError):
+    """The segmenter gives labels only; optimising units needs class probabilities."""
+
+
+# -- results -----------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _JsonResult:
+    """save/load as one JSON file; tensor fields are listed in ``_tensors``."""
+
+    _tensors: tuple[str, ...] = ()
+    _kind: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"kind": self._kind, "version": 1}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the result as JSON to ``path`` (atomically)."""
+        path = Path(path)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if data.get("kind") != cls._kind:
+            raise ResultFormatError(f"expected a saved {cls._kind!r} result, found kind {data.get('kind')!r}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for name in cls._tensors:
+            if kwargs.get(name) is not None:
+                value = kwargs[name]
+                kwargs[name] = torch.tensor(value, dtype=torch.bool if name == "contains" else torch.float32)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]):
+        """Read a result written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise ResultFormatError(f"no such result file: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ResultFormatError(f"{path} is not valid JSON ({exc}); was it written by gdx?") from None
+        return cls.from_dict(data)
+
+
+@dataclasses.dataclass
+class CausalEffect(_JsonResult):
+    """The effect of ablating / inserting a set of units on a concept (SPEC §2).
+
+    ``removed``: 1 - (pixels of the concept after ablating the units everywhere) /
+    (pixels before), summed over the samples that contain the concept.
+    ``added``: mean gain of the concept's pixel fraction when the units are set to
+    their insertion values everywhere (all samples). ``ace``: E[s_c | do(U=k)] -
+    E[s_c | do(U=0)] with s_c the pixel fraction. Per-sample pixel fractions
+    (``before``, ``ablated``, ``inserted``; N floats) are kept for plots.
+    ``side_effects``: relative change (after / before - 1, summed over all samples)
+    of every other concept covering at least 0.1% of pixels, under ablation;
+    ``side_effects_abs``: the mean change of their pixel fractions.
+    """
+
+    layer: str
+    units: list[int]
+    concept: str
+    samples: int
+    seed: int
+    removed: float
+    added: float | None
+    ace: float | None
+    before: torch.Tensor
+    ablated: torch.Tensor
+    inserted: torch.Tensor | None
+    contains: torch.Tensor
+    side_effects: dict[str, float]
+    side_effects_abs: dict[str, float]
+    insertion_value: list[float] | None = None
+
+    _tensors = ("before", "ablated", "inserted", "contains")
+    _kind = "causal_effect"
+
+    def max_side_effect(self) -> float:
+        """The largest |relative change| of any other concept (0 when there is none)."""
+        return max((abs(v) for v in self.side_effects.values()), default=0.0)
+
+
+@dataclasses.dataclass
+class UnitRanking(_JsonResult):
+    """Units of ``layer`` scored for ``concept`` by ``method`` ("iou", "ace" or "alpha").
+
+    ``scores`` has one float per unit, higher = more causal; ``history`` is the
+    optimisation loss per epoch (alpha only).
+    """
+
+    layer: str
+    concept: str
+    method: str
+    scores: torch.Tensor
+    history: list[float] = dataclasses.field(default_factory=list)
+
+    _tensors = ("scores",)
+    _kind = "unit_ranking"
+
+    @property
+    def order(self) -> list[int]:
+        """Unit indices, best first (ties broken by the lower index)."""
+        idx = torch.arange(self.scores.numel())
+        keys = sorted(idx.tolist(), key=lambda u: (-float(self.scores[u]), u))
+        return keys
+
+    def top(self, n: int = 20) -> list[int]:
+        return self.order[:n]
+
+
+@dataclasses.dataclass
+class CumulativeCurve(_JsonResult):
+    """Effect of ablating / inserting the top-n units, n = 1..n_max (the paper's plot)."""
+
+    layer: str
+    concept: str
+    units: list[int]
+    n: list[int]
+    removed: list[float]
+    added: list[float] | None
+    ace: list[float] | None
+    samples: int
+    seed: int
+
+    _kind = "cumulative_curve"
+
+
+# -- measurement engine ------------------------------------------------------------
+
+
+class EffectRunner:
+    """Measures pixel fractions of every label under edits, on fixed latents.
+
+    The baseline (no edit) is computed once and cached, together with the
+    concept's insertion values, so ranking many unit sets costs one edited pass each.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        segmenter: Segmenter,
+        layer: str,
+        concept: str | int,
+        *,
+        samples: int = 200,
+        seed: int = 0,
+        batch_size: int | None = None,
+        value: torch.Tensor | float | None = None,
+    ) -> None:
+        self.generator = generator
+        self.segmenter = segmenter
+        self.layer = layer
+        self.index = concept_index(segmenter, concept)
+        self.concept = list(segmenter.labels)[self.index]
+        self.n_labels = len(segmenter.labels)
+        self.samples = samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self._value = None if value is None else torch.as_tensor(value, dtype=torch.float32)
+        self._baseline: torch.Tensor | None = None
+        self.n_units: int | None = None
+        self.grid: tuple[int, int] | None = None
+
+    def batches(self):
+        return latent_batches(self.generator, self.samples, seed=self.seed, batch_size=self.batch_size)
+
+    @torch.no_grad()
+    def baseline(self) -> torch.Tensor:
+        """Pixel fractions N x L of the unedited samples (and the insertion values, in the same pass)."""
+        if self._baseline is None:
+            fractions = []
+            num = None
+            den = 0.0
+            for z in self.batches():
+                with Trace(self.generator.module, self.layer) as tr:
+                    images = self.generator.generate(z)
+                r = tr[self.layer].double()
+                self.n_units, self.grid = r.shape[1], (r.shape[2], r.shape[3])
+                seg = segment_images(self.segmenter, images)
+                fractions.append(label_fractions(seg, self.n_labels).cpu())
+                w = F.adaptive_avg_pool2d(concept_mask(seg, self.index).double()[:, None], r.shape[-2:])
+                contrib = (r * w).sum(dim=(0, 2, 3)).cpu()
+                num = contrib if num is None else num + contrib
+                den += float(w.sum())
+            self._baseline = torch.cat(fractions)
+            if self._value is None and num is not None and den > 0:
+                self._value = (num / den).float()
+        return self._baseline
+
+    @property
+    def value(self) -> torch.Tensor:
+        """Insertion values (U floats, or a scalar) for the concept."""
+        self.baseline()
+        if self._value is None:
+            raise InterventionError(
+                f"concept {self.concept!r} never appears in {self.samples} samples (seed {self.seed}); its "
+                "insertion values are undefined. Use more samples or pass value= explicitly."
+            )
+        return self._value
+
+    @torch.no_grad()
+    def under(self, units: Sequence[int], *, insert: bool) -> torch.Tensor:
+        """Pixel fractions N x L with ``units`` ablated (or set to the insertion value) everywhere."""
+        value = self.value if insert else 0.0
+        out = []
+        for z in self.batches():
+            with intervene(self.generator, self.layer, list(units), value=value):
+                images = self.generator.generate(z)
+            out.append(label_fractions(segment_images(self.segmenter, images), self.n_labels).cpu())
+        return torch.cat(out)
+
+    def effect(self, units: Sequence[int], *, insert: bool = True) -> CausalEffect:
+        before = self.baseline()
+        ablated = self.under(units, insert=False)
+        c = self.index
+        contains = before[:, c] > 0
+        total_before = float(before[contains, c].sum())
+        removed = 1.0 - float(ablated[contains, c].sum()) / total_before if total_before > 0 else float("nan")
+        inserted = added = ace = None
+        if insert:
+            ins = self.under(units, insert=True)
+            inserted = ins[:, c].float()
+            added = float((ins[:, c] - before[:, c]).mean())
+            ace = float(ins[:, c].mean() - ablated[:, c].mean())
+        labels = list(self.segmenter.labels)
+        side, side_abs = {}, {}
+        for j, name in enumerate(labels):
+            if j == c or float(before[:, j].mean()) < MIN_SIDE_COVERAGE:
+                continue
+            side[name] = float(ablated[:, j].sum() / before[:, j].sum() - 1.0)
+            side_abs[name] = float((ablated[:, j] - before[:, j]).mean())
+        value = self._value
+        return CausalEffect(
+            layer=self.layer,
+            units=[int(u) for u in units],
+            concept=self.concept,
+            samples=self.samples,
+            seed=self.seed,
+            removed=removed,
+            added=added,
+            ace=ace,
+            before=before[:, c].float(),
+            ablated=ablated[:, c].float(),
+            inserted=inserted,
+            contains=contains,
+            side_effects=side,
+            side_effects_abs=side_abs,
+            insertion_value=None if (value is None or not insert) else value.reshape(-1).tolist(),
+        )
+
+
+def causal_effect(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    units: Sequence[int],
+    concept: str | int,
+    *,
+    samples: int = 200,
+    seed: int = 0,
+    batch_size: int | None = None,
+    value: torch.Tensor | float | None = None,
+    insert: bool = True,
+) -> CausalEffect:
+    """Ablate ``units`` of ``layer`` everywhere, then insert them, and measure ``concept``.
+
+    ``value`` is the insertion value (a number or one per unit of the layer); by
+    default the insertion constants of :func:`gdx.insertion_values`, computed from
+    the same ``samples`` samples. ``insert=False`` skips the insertion pass
+    (``added`` and ``ace`` are then None).
+
+    >>> eff = gdx.causal_effect(gen, seg, "layer4", [3, 17, 41], "tree", samples=500)
+    >>> print(f"{eff.removed:.0%} of tree pixels removed, ACE {eff.ace:+.3f}")
+    """
+    runner = EffectRunner(
+        generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size, value=value
+    )
+    return runner.effect(units, insert=insert)
+
+
+# -- ranking -----------------------------------------------------------------------
+
+
+def _iou_column(iou: Any, concept: str | int, labels: Sequence[str] | None) -> tuple[torch.Tensor, str]:
+    table = getattr(iou, "iou", iou)
+    labels = list(getattr(iou, "labels", labels) or [])
+    table = torch.as_tensor(table, dtype=torch.float32)
+    if table.dim() == 1:
+        return table, str(concept)
+    if isinstance(concept, str):
+        if concept not in labels:
+            raise InterventionError(f"no label {concept!r} in the IoU table's labels ({', '.join(labels[:40])})")
+        col = labels.index(concept)
+    else:
+        col = int(concept)
+    return table[:, col], (labels[col] if labels else str(concept))
+
+
+def rank_by_iou(iou: Any, concept: str | int, *, labels: Sequence[str] | None = None, layer: str = "") -> UnitRanking:
+    """Rank units by IoU with ``concept``.
+
+    ``iou`` is a :class:`gdx.Dissection` (its ``.iou`` units x labels and ``.labels``)
+    or a plain units x labels tensor with ``labels``.
+    """
+    scores, name = _iou_column(iou, concept, labels)
+    return UnitRanking(layer=layer or getattr(iou, "layer", ""), concept=name, method="iou", scores=scores)
+
+
+def rank_by_ace(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    concept: str | int,
+    *,
+    units: Sequence[int] | None = None,
+    samples: int = 100,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> UnitRanking:
+    """Rank units by their single-unit ACE for ``concept`` (one ablation + one insertion pass per unit).
+
+    ``units`` restricts the candidates (others score -inf).
+    """
+    runner = EffectRunner(generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size)
+    runner.baseline()
+    n_units = int(runner.n_units or 0)
+    scores = torch.full((n_units,), float("-inf"))
+    for u in units if units is not None else range(n_units):
+        eff = runner.effect([int(u)], insert=True)
+        scores[int(u)] = float(eff.ace if eff.ace is not None else 0.0)
+    return UnitRanking(layer=layer, concept=runner.concept, method="ace", scores=scores)
+
+
+def random_units(n_units: int, n: int, *, seed: int = 1) -> list[int]:
+    """``n`` distinct random units of ``n_units`` (a seeded control set)."""
+    return sorted(random.Random(seed).sample(range(n_units), min(n, n_units)))
+
+
+# -- learned soft mask alpha -------------------------------------------------------
+
+
+def segment_probs(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
+    """Differentiable class probabilities N x L x H' x W' for ``images`` in [-1, 1].
+
+    Uses the segmenter's optional ``segment_probs(images)`` (probabilities) or
+    ``segment_logits(images)`` (softmaxed over labels) method, after resizing to its
+    ``input_size``. A segmenter that only returns labels cannot be optimised
+    through: :class:`NotDifferentiableError` says how to add the method.
+    """
+    x = resize_for(segmenter, images)
+    for target in (segmenter, getattr(segmenter, "fn", None)):
+        if target is None:
+            continue
+        if callable(getattr(target, "segment_probs", None)):
+            return target.segment_probs(x)
+        if callable(getattr(target, "segment_logits", None)):
+            return torch.softmax(target.segment_logits(x), dim=1)
+    raise NotDifferentiableError(
+        f"segmenter {getattr(segmenter, 'name', type(segmenter).__name__)!r} only returns labels; optimizing "
+        "units needs soft class probabilities. Give it a method segment_logits(images) -> N x L x H x W "
+        "logits (or segment_probs(images) -> probabilities), or pass probs=<callable> to optimize_units."
+    )
+
+
+def _normalised_init(init: Any, concept: str | int, labels: Sequence[str], n_units: int) -> torch.Tensor:
+    if init is None:
+        return torch.zeros(n_units)
+    if isinstance(init, UnitRanking):
+        col = init.scores.float()
+    else:
+        table = getattr(init, "iou", init)
+        table = torch.as_tensor(table, dtype=torch.float32)
+        col = table if table.dim() == 1 else _iou_column(init, concept, getattr(init, "labels", labels))[0]
+    if col.numel() != n_units:
+        raise InterventionError(f"init has {col.numel()} entries; the layer has {n_units} units")
+    col = torch.nan_to_num(col.clamp(min=0), nan=0.0, posinf=0.0)
+    return col / col.max() if float(col.max()) > 0 else col
+
+
+def optimize_units(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    concept: str | int,
+    *,
+    samples: int = 200,
+    seed: int = 0,
+    epochs: int = 10,
+    lr: float = 0.01,
+    lam: float = 0.005,
+    group: int = 20,
+    init: Any = None,
+    value: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> UnitRanking:
+    """Learn the soft unit mask alpha in [0, 1]^U that best removes and inserts ``concept``.
+
+    Minimises ``mean p_c(ablate alpha) - mean p_c(insert alpha * k) + lam * ||alpha||^2``
+    (SPEC §2): ablation multiplies each unit by ``1 - alpha_u`` over the whole image
+    of samples that contain the concept; insertion sets ``r (1 - alpha) + k alpha``
+    over the whole image of every sample, with ``k`` the insertion values. ``p_c`` is
+    the segmenter's soft probability of the concept (:func:`segment_probs`, or
+    ``probs(images) -> N x L x H x W``), averaged over the pixels, and each term is
+    summed over groups of ``group`` samples per Adam step (the reference's 2 x 10),
+    so ``lam`` has the reference's scale. Adam(lr), alpha clamped to [0, 1] after
+    each step, initialised from the normalised IoU column when ``init`` (a
+    Dissection, a units x labels tensor, or a U-vector) is given, else zeros.
+
+    The reference code (gandissect ``aceoptimize.ace_loss``) reads the insertion
+    term at the *ablation* sample's location (``ploc``) rather than where it inserted
+    (``cloc``); here both terms are read where their edit was made.
+
+    >>> rank = gdx.optimize_units(gen, seg, "layer4", "tree", init=dissection, epochs=3)
+    >>> rank.top(20)
+    """
+    runner = EffectRunner(
+        generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size, value=value
+    )
+    before = runner.baseline()
+    k = runner.value
+    c = runner.index
+    n_units = int(runner.n_units or 0)
+    z_all = generator.sample_latents(samples, seed=seed)
+    present = torch.nonzero(before[:, c] > 0).flatten()
+    if present.numel() == 0:
+        raise InterventionError(f"concept {runner.concept!r} is absent from all {samples} samples; cannot optimise")
+    prob_fn = probs or (lambda x: segment_probs(segmenter, x))
+    alpha = _normalised_init(init, concept, segmenter.labels, n_units).to(generator.device).requires_grad_(True)
+    opt = torch.optim.Adam([alpha], lr=lr)
+    bs = max(1, min(batch_size or 10, group))
+    kk = k.to(generator.device)
+    kk = kk.view(1, -1, 1, 1) if kk.dim() == 1 else kk
+
+    def concept_prob(z: torch.Tensor, insert: bool) -> torch.Tensor:
+        a = alpha.view(1, -1, 1, 1)
+
+        def edit(_name: str, r: torch.Tensor) -> torch.Tensor:
+            return r * (1 - a) + kk * a if insert else r * (1 - a)
+
+        with Trace(generator.module, layer, edit=edit, record=False):
+            images = generator.generate(z)
+        p = prob_fn(images)
+        return p[:, c].mean(dim=(-2, -1))  # per-sample mean probability
+
+    history: list[float] = []
+    gen = torch.Generator().manual_seed(seed)
+    for _epoch in range(epochs):
+        p_order = present[torch.randperm(present.numel(), generator=gen)]
+        c_order = torch.randperm(samples, generator=gen)
+        steps = max(1, -(-p_order.numel() // group))
+        total = 0.0
+        for step in range(steps):
+            pz = p_order[step * group : (step + 1) * group]
+            if pz.numel() == 0:
+                pz = p_order[:group]
+            cz = c_order[step * group : (step + 1) * group]
+            if cz.numel() == 0:
+                cz = c_order[:group]
+            grad = torch.zeros_like(alpha)
+            step_loss = 0.0
+            for part, sign, insert in ((pz, 1.0, False), (cz, -1.0, True)):
+                for s in range(0, part.numel(), bs):
+                    z = z_all[part[s : s + bs]].to(generator.device)
+                    term = sign * concept_prob(z, insert).sum()
+                    (g,) = torch.autograd.grad(term, [alpha])
+                    grad += g
+                    step_loss += float(term.detach())
+            reg = lam * alpha.pow(2).sum()
+            (g,) = torch.autograd.grad(reg, [alpha])
+            grad += g
+            step_loss += float(reg.detach())
+            opt.zero_grad()
+            alpha.grad = grad
+            opt.step()
+            with torch.no_grad():
+                alpha.clamp_(0.0, 1.0)
+            total += step_loss
+        history.append(total / steps)
+    return UnitRanking(
+        layer=layer, concept=runner.concept, method="alpha", scores=alpha.detach().cpu().float(), history=history
+    )
+
+
+# -- cumulative curves and the removal table ---------------------------------------
+
+
+def _ordered_units(ranking: UnitRanking | Sequence[int], n_max: int) -> list[int]:
+    if isinstance(ranking, UnitRanking):
+        return ranking.top(n_max)
+    return [int(u) for u in list(ranking)[:n_max]]
+
+
+def cumulative_effect(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    ranking: UnitRanking | Sequence[int],
+    concept: str | int,
+    *,
+    n_max: int = 20,
+    samples: int = 200,
+    seed: int = 0,
+    batch_size: int | None = None,
+    insert: bool = True,
+    value: torch.Tensor | float | None = None,
+) -> CumulativeCurve:
+    """Removal / addition / ACE of the top-n units for n = 1..n_max (the paper's curves).
+
+    ``ranking`` is a :class:`UnitRanking` or a list of units, best first.
+    """
+    units = _ordered_units(ranking, n_max)
+    runner = EffectRunner(
+        generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size, value=value
+    )
+    removed, added, ace = [], [], []
+    for n in range(1, len(units) + 1):
+        eff = runner.effect(units[:n], insert=insert)
+        removed.append(eff.removed)
+        if insert:
+            added.append(float(eff.added or 0.0))
+            ace.append(float(eff.ace or 0.0))
+    return CumulativeCurve(
+        layer=layer,
+        concept=runner.concept,
+        units=units,
+        n=list(range(1, len(units) + 1)),
+        removed=removed,
+        added=added if insert else None,
+        ace=ace if insert else None,
+        samples=samples,
+        seed=seed,
+    )
+
+
+@dataclasses.dataclass
+class RemovalRow:
+    """One concept: removal by its top units vs. by random units, with side effects."""
+
+    concept: str
+    units: list[int]
+    removed: float
+    random_units: list[int]
+    random_removed: float
+    side_effect: float
+    random_side_effect: float
+    coverage: float
+
+
+@dataclasses.dataclass
+class RemovalTable(_JsonResult):
+    """The paper-style table: fraction of a concept's pixels removed by its top-n units.
+
+    ``side_effect`` is the largest |relative change| of any other concept (covering
+    >= 0.1% of pixels) under the same ablation.
+    """
+
+    layer: str
+    method: str
+    top: int
+    samples: int
+    seed: int
+    rows: list[dict[str, Any]]
+
+    _kind = "removal_table"
+
+    def to_markdown(self) -> str:
+        head = (
+            f"| concept | removed by top-{self.top} ({self.method}) | removed by {self.top} random | "
+            "largest other-concept change (top) | largest other-concept change (random) |\n"
+            "|---|---|---|---|---|\n"
+        )
+        lines = [
+            f"| {r['concept']} | {r['removed']:.2f} | {r['random_removed']:+.2f} | "
+            f"{r['side_effect']:+.2f} | {r['random_side_effect']:+.2f} |"
+            for r in self.rows
+        ]
+        return head + "\n".join(lines) + "\n"
+
+
+def _signed_max(side: dict[str, float]) -> float:
+    return max(side.values(), key=abs, default=0.0)
+
+
+def removal_table(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    concepts: Sequence[str],
+    *,
+    top: int = 20,
+    method: str = "alpha",
+    samples: int = 200,
+    seed: int = 0,
+    eval_seed: int = 1,
+    epochs: int = 3,
+    init: Any = None,
+    control_seed: int = 1,
+    batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RemovalTable:
+    """For each concept: rank units (``method`` "alpha", "iou" or "ace") on samples of
+    ``seed``, then measure on held-out samples of ``eval_seed`` the fraction of its
+    pixels removed by ablating the top ``top`` units vs. ``top`` random units
+    (``control_seed``), and the largest change of any other concept.
+    ``init`` (a Dissection) seeds alpha and is required for ``method="iou"``.
+    """
+    rows = []
+    n_units = None
+    for concept in concepts:
+        if progress:
+            progress(f"ranking units for {concept!r} ({method})")
+        if method == "alpha":
+            ranking = optimize_units(
+                generator, segmenter, layer, concept, samples=samples, seed=seed, epochs=epochs, init=init,
+                batch_size=batch_size,
+            )
+        elif method == "iou":
+            if init is None:
+                raise InterventionError("method='iou' needs init=<Dissection or units x labels IoU table>")
+            ranking = rank_by_iou(init, concept, labels=segmenter.labels, layer=layer)
+        elif method == "ace":
+            ranking = rank_by_ace(generator, segmenter, layer, concept, samples=samples, seed=seed,
+                                  batch_size=batch_size)
+        else:
+            raise InterventionError(f"unknown ranking method {method!r}: use 'alpha', 'iou' or 'ace'")
+        n_units = ranking.scores.numel()
+        units = ranking.top(top)
+        control = random_units(n_units, top, seed=control_seed)
+        runner = EffectRunner(
+            generator, segmenter, layer, concept, samples=samples, seed=eval_seed, batch_size=batch_size
+        )
+        if progress:
+            progress(f"measuring {concept!r}")
+        eff = runner.effect(units, insert=False)
+        ctl = runner.effect(control, insert=False)
+        rows.append(
+            dataclasses.asdict(
+                RemovalRow(
+                    concept=runner.concept,
+                    units=units,
+                    removed=eff.removed,
+                    random_units=control,
+                    random_removed=ctl.removed,
+                    side_effect=_signed_max(eff.side_effects),
+                    random_side_effect=_signed_max(ctl.side_effects),
+                    coverage=float(eff.before.mean()),
+                )
+            )
+        )
+    return RemovalTable(layer=layer, method=method, top=top, samples=samples, seed=eval_seed, rows=rows)
+
+
+# -- location map --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LocationMap(_JsonResult):
+    """Where inserting a concept's units adds the concept (SPEC §2 "context").
+
+    ``gain[i, j]``: change of the concept's pixel fraction inside cell (i, j)'s
+    window (the cell grown by ``radius`` cells on each side) when the units are set
+    to their insertion values in that cell only. ``image`` is the unedited sample
+    (3 x H x W in [-1, 1]) for drawing.
+    """
+
+    layer: str
+    concept: str
+    units: list[int]
+    sample: int
+    seed: int
+    radius: int
+    gain: torch.Tensor
+    image: torch.Tensor | None = None
+
+    _tensors = ("gain", "image")
+    _kind = "location_map"
+
+    def save_png(self, path: str | os.PathLike[str], *, size: int = 256) -> Path:
+        """Write the sample with the gain map overlaid (red = the concept appears)."""
+        from gdx.plots import heatmap_overlay, write_png
+
+        return write_png(path, heatmap_overlay(self.image, self.gain, size=size))
+
+
+@torch.no_grad()
+def location_map(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    units: Sequence[int] | UnitRanking,
+    concept: str | int,
+    *,
+    sample: int = 0,
+    seed: int = 0,
+    value: torch.Tensor | float | None = None,
+    value_samples: int = 200,
+    radius: int = 1,
+    batch_size: int | None = None,
+    n_top: int = 20,
+) -> LocationMap:
+    """Insert ``concept``'s units at each feature cell of one sample and map the gain.
+
+    Sample ``sample`` of ``seed`` (the dissection recipe). ``value`` defaults to the
+    insertion values computed from ``value_samples`` samples of ``seed``. Cells are
+    edited one at a time, many cells per batch. Shows where the concept can go:
+    a door appears on a wall, not in the sky.
+    """
+    units = _ordered_units(units, n_top) if isinstance(units, UnitRanking) else [int(u) for u in units]
+    index = concept_index(segmenter, concept)
+    if value is None:
+        value = insertion_values(generator, segmenter, layer, index, samples=value_samples, seed=seed)
+    z = generator.sample_latents(sample + 1, seed=seed)[sample : sample + 1].to(generator.device)
+    with Trace(generator.module, layer) as tr:
+        image = generator.generate(z)
+    h, w = tr[layer].shape[-2:]
+    base = concept_mask(segment_images(segmenter, image), index).float()
+    H, W = base.shape[-2:]
+    cells = h * w
+    gain = torch.zeros(cells)
+    bs = batch_size or 16
+    for start in range(0, cells, bs):
+        idx = torch.arange(start, min(cells, start + bs))
+        region = torch.zeros(idx.numel(), h * w)
+        region[torch.arange(idx.numel()), idx] = 1.0
+        region = region.view(-1, h, w)
+        with intervene(generator, layer, units, value=value, region=region):
+            edited = generator.generate(z.expand(idx.numel(), *z.shape[1:]))
+        mask = concept_mask(segment_images(segmenter, edited), index).float()
+        for b, cell in enumerate(idx.tolist()):
+            i, j = divmod(cell, w)
+            y0, y1 = ((i - radius) * H) // h, ((i + 1 + radius) * H + h - 1) // h
+            x0, x1 = ((j - radius) * W) // w, ((j + 1 + radius) * W + w - 1) // w
+            y0, x0, y1, x1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
+            window = (slice(y0, y1), slice(x0, x1))
+            gain[cell] = float(mask[b][window].mean() - base[0][window].mean())
+    return LocationMap(
+        layer=layer,
+        concept=list(segmenter.labels)[index],
+        units=units,
+        sample=sample,
+        seed=seed,
+        radius=radius,
+        gain=gain.view(h, w),
+        image=image[0].detach().cpu().float(),
+    )
