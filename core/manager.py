@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.segmenters.deeplab",
     "gdx.plugins.segmenters.onnx",
     "gdx.plugins.metrics.dissection",
+    "gdx.plugins.metrics.frechet",
 )
 
 KINDS = ("generator", "segmenter", "metric")
