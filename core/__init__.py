@@ -29,6 +29,24 @@ from gdx.manager import PluginRegistry, default_registry
 from gdx.tracing import StopForward, Trace, resolve_layers
 from gdx.results import Dissection, DissectionSettings, Summary, UnitLabel
 from gdx.dissect import DissectionRun, dissect
+from gdx.intervene import Edit, Intervention, InterventionError, insertion_values, intervene, unit_quantiles
+from gdx.causal import (
+    CausalEffect,
+    CumulativeCurve,
+    LocationMap,
+    NotDifferentiableError,
+    RemovalTable,
+    UnitRanking,
+    causal_effect,
+    cumulative_effect,
+    location_map,
+    optimize_units,
+    rank_by_ace,
+    rank_by_iou,
+    removal_table,
+    segment_probs,
+)
+from gdx.repair import ArtifactRepair, find_artifact_units
 
 
 def load_generator(name: str, **options):
@@ -47,6 +65,28 @@ def load_segmenter(name: str, **options):
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactRepair",
+    "CausalEffect",
+    "CumulativeCurve",
+    "Edit",
+    "Intervention",
+    "InterventionError",
+    "LocationMap",
+    "NotDifferentiableError",
+    "RemovalTable",
+    "UnitRanking",
+    "causal_effect",
+    "cumulative_effect",
+    "find_artifact_units",
+    "insertion_values",
+    "intervene",
+    "location_map",
+    "optimize_units",
+    "rank_by_ace",
+    "rank_by_iou",
+    "removal_table",
+    "segment_probs",
+    "unit_quantiles",
     "AdapterOptionError",
     "CheckpointError",
     "Dissection",

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import gdx
-from gdx.intervene import Edit, InterventionError, insertion_values, intervene, pool_region, unit_quantiles
+from gdx.intervene import Edit, InterventionError, insertion_values, intervene, layer_output, pool_region, unit_quantiles
 from gdx.tracing import count_hooks
 
 
@@ -153,7 +153,7 @@ def test_q99_and_insert_values_from_samples(toy_pair):
     q = unit_quantiles(gen, "features", 0.99, samples=20, seed=3)
     acts = []
     for z in gen.sample_latents(20, seed=3).split(8):
-        acts.append(gdx.intervene.layer_output(gen, "features", z))
+        acts.append(layer_output(gen, "features", z))
     flat = torch.cat(acts).transpose(0, 1).reshape(10, -1)
     assert torch.allclose(q, torch.quantile(flat, 0.99, dim=1), atol=1e-5)
     k = insertion_values(gen, seg, "features", "sun", samples=40, seed=0)
@@ -166,3 +166,9 @@ def test_q99_and_insert_values_from_samples(toy_pair):
     with intervene(gen, "features", [0], value="q99", samples=20, seed=3) as iv:
         gen.generate(z)
     assert torch.allclose(iv.values[0], q)
+
+
+def test_public_facade():
+    assert gdx.intervene is intervene
+    for name in ("causal_effect", "optimize_units", "find_artifact_units", "insertion_values", "location_map"):
+        assert name in gdx.__all__ and callable(getattr(gdx, name))
