@@ -1,0 +1,19 @@
+"""GANPaint: paint concepts into generated images by editing dissected units (SPEC §4).
+
+>>> from gdx.paint import engine_from_run, create_app
+>>> app = create_app(engine_from_run("runs/scene-scene"))     # serve with uvicorn
+"""
+
+from gdx.paint.engine import Concept, PaintEngine, PaintError, Stroke, rank_concepts
+from gdx.paint.models import engine_from_run, quick_dissection
+
+
+def create_app(engine: PaintEngine, **kwargs):
+    """The FastAPI app (imported lazily: FastAPI is the optional ``paint`` extra)."""
+    from gdx.paint.server import create_app as _create_app
+
+    return _create_app(engine, **kwargs)
+
+
+__all__ = ["Concept", "PaintEngine", "PaintError", "Stroke", "create_app", "engine_from_run", "quick_dissection",
+           "rank_concepts"]

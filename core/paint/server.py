@@ -1,0 +1,228 @@
+"""The GANPaint HTTP API (FastAPI) and the static page.
+
+Endpoints (the OpenAPI schema is served at ``/openapi.json``, docs at ``/docs``):
+
+* ``GET /api/info``: the model, layer, image size, grid and the paintable concepts.
+* ``GET /api/sample/{sample}.png``: an unedited sample (cached).
+* ``POST /api/edit``: a sample id, n units per concept and the list of strokes;
+  returns the edited image as a base64 PNG.
+
+Input discipline: every field is validated (types, ranges, mask sizes), bodies over
+``max_body`` bytes are refused with 413 before they are read, and errors are 4xx with
+a message. Nothing in a request is ever used as a file path: the page's files are
+read from the package by fixed names.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import time
+from functools import lru_cache
+from importlib import resources
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from gdx.paint.engine import MAX_UNITS, PaintEngine, PaintError, Stroke
+
+MAX_SAMPLE = 2**31 - 1
+MAX_MASK_SIDE = 1024
+MAX_STROKES = 256
+#: Default request body limit: 256 strokes at 256 x 256 fit comfortably.
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+STATIC = {"paint.js": "text/javascript; charset=utf-8", "paint.css": "text/css; charset=utf-8"}
+
+
+class MaskIn(BaseModel):
+    """A brush mask: ``width`` x ``height`` bits, row-major, packed MSB first (numpy ``packbits``), base64."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(ge=1, le=MAX_MASK_SIDE)
+    height: int = Field(ge=1, le=MAX_MASK_SIDE)
+    bits: str = Field(max_length=(MAX_MASK_SIDE * MAX_MASK_SIDE // 8) * 4 // 3 + 8)
+
+
+class StrokeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    concept: str = Field(min_length=1, max_length=200)
+    mode: Literal["draw", "remove"]
+    mask: MaskIn
+
+
+class EditIn(BaseModel):
+    """An edit request: all strokes so far (the page keeps them; undo = drop the last)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sample: int = Field(ge=0, le=MAX_SAMPLE, description="sample id: latent = sample_latents(1, seed=sample)")
+    units: int = Field(default=20, ge=1, le=MAX_UNITS, description="top-n units per concept")
+    strokes: list[StrokeIn] = Field(default_factory=list, max_length=MAX_STROKES)
+
+
+class EditOut(BaseModel):
+    image: str = Field(description="data:image/png;base64,... of the edited image")
+    width: int
+    height: int
+    milliseconds: float = Field(description="server time for this edit (forward pass + encoding)")
+
+
+class ConceptOut(BaseModel):
+    name: str
+    category: str
+    units: list[int]
+    ious: list[float]
+    labelled: int
+
+
+class InfoOut(BaseModel):
+    generator: str
+    layer: str
+    image_size: list[int]
+    grid: list[int]
+    units: int
+    default_units: int
+    max_units: int
+    max_strokes: int
+    max_mask_side: int
+    concepts: list[ConceptOut]
+
+
+def decode_mask(mask: MaskIn) -> torch.Tensor:
+    """The bit-packed mask as a height x width bool tensor (400 on malformed data)."""
+    try:
+        raw = base64.b64decode(mask.bits.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise HTTPException(422, "mask.bits is not valid base64") from None
+    n = mask.width * mask.height
+    if len(raw) != (n + 7) // 8:
+        raise HTTPException(
+            422, f"mask.bits holds {len(raw)} bytes; a {mask.width}x{mask.height} mask needs {(n + 7) // 8}"
+        )
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:n].astype(bool)
+    return torch.from_numpy(bits.reshape(mask.height, mask.width))
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 (by header or while reading)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send, status: int, message: str) -> None:
+        body = json.dumps({"detail": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                if not value.isdigit():
+                    return await self._refuse(send, 400, "bad Content-Length header")
+                if int(value) > self.max_bytes:
+                    return await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
+
+
+def _static_text(name: str) -> str:
+    return resources.files("gdx.paint").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: str = "gdx paint") -> FastAPI:
+    """The FastAPI app serving ``engine`` (run it with uvicorn; see ``gdx paint``)."""
+    app = FastAPI(title=title, version="1", description=__doc__,
+                  summary="GANPaint: paint concepts into generated images by editing dissected units.")
+    app.add_middleware(BodyLimit, max_bytes=max_body)
+    generator_name = getattr(engine.generator, "name", type(engine.generator).__name__)
+
+    @lru_cache(maxsize=256)
+    def sample_png(sample: int) -> bytes:
+        return encode_png(engine.render(sample))
+
+    @app.exception_handler(PaintError)
+    async def paint_error(_request, exc: PaintError):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(_static_text("index.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC:  # fixed names only: nothing from a request becomes a path
+            raise HTTPException(404, "no such file")
+        return Response(_static_text(name), media_type=STATIC[name])
+
+    @app.get("/api/info", response_model=InfoOut, summary="Model, layer and paintable concepts")
+    def info() -> InfoOut:
+        return InfoOut(
+            generator=str(generator_name), layer=engine.layer, image_size=list(engine.image_size),
+            grid=list(engine.grid), units=engine.dissection.units, default_units=engine.default_units,
+            max_units=MAX_UNITS, max_strokes=MAX_STROKES, max_mask_side=MAX_MASK_SIDE,
+            concepts=[ConceptOut(name=c.name, category=c.category, units=list(c.units), ious=list(c.ious),
+                                 labelled=c.labelled) for c in engine.concepts.values()],
+        )
+
+    @app.get("/api/sample/{sample}.png", summary="An unedited sample as PNG",
+             responses={200: {"content": {"image/png": {}}}})
+    def sample(sample: Annotated[int, PathParam(ge=0, le=MAX_SAMPLE)]) -> Response:
+        return Response(sample_png(sample), media_type="image/png",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.post("/api/edit", response_model=EditOut, summary="Apply strokes to a sample (one generator forward)")
+    def edit(request: EditIn) -> EditOut:
+        started = time.perf_counter()
+        strokes = [Stroke(s.concept, s.mode, decode_mask(s.mask)) for s in request.strokes]
+        for s in strokes:
+            if s.concept not in engine.concepts:
+                raise HTTPException(422, f"unknown concept {s.concept!r}; paintable: {', '.join(engine.concepts)}")
+        rgb = engine.render(request.sample, strokes, n_units=request.units)
+        png = encode_png(rgb)
+        return EditOut(image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                       width=int(rgb.shape[1]), height=int(rgb.shape[0]),
+                       milliseconds=round((time.perf_counter() - started) * 1000, 2))
+
+    return app

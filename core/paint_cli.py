@@ -1,0 +1,58 @@
+"""``gdx paint``: the GANPaint app on a local web server."""
+
+from __future__ import annotations
+
+import click
+
+from gdx.cli import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered, friendly_errors
+from gdx.errors import GdxError
+
+
+@click.command()
+@click.option("--gen", "gen", default=None, help="Registered generator (default: scene, else toy). Ignored with --run.")
+@click.option("--seg", "seg", default=None, help="Registered segmenter for the startup dissection (default: scene, else toy).")
+@click.option("--gen-opt", "gen_opts", multiple=True, metavar="KEY=VALUE", help="Generator option, repeatable.")
+@click.option("--seg-opt", "seg_opts", multiple=True, metavar="KEY=VALUE", help="Segmenter option, repeatable.")
+@click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A 'gdx run' folder to take the generator and the unit ranking from.")
+@click.option("--layer", default=None, help="Layer to paint on (default: the run's first layer / the generator's default).")
+@click.option("--samples", default=300, show_default=True, type=click.IntRange(20, 100000),
+              help="Samples for the startup dissection when no --run is given (cached).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 exposes it to the network).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
+@friendly_errors
+def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, host, port, open_browser):
+    """Start GANPaint: brush concepts into generated images (SPEC §4)."""
+    try:
+        import uvicorn
+
+        from gdx.paint.server import create_app
+    except ImportError as exc:
+        raise GdxError(f"gdx paint needs the 'paint' extra ({exc.name} is missing): pip install 'gdx[paint]'") from None
+    import torch
+
+    from gdx.paint.models import engine_from_run, quick_dissection
+
+    torch.set_grad_enabled(False)
+    if run_dir is None:
+        gen = gen or first_registered("generator", DEFAULT_GENERATORS)
+        seg = seg or first_registered("segmenter", DEFAULT_SEGMENTERS)
+        run_dir = quick_dissection(gen, seg, tuple(gen_opts), tuple(seg_opts), layer, samples=samples,
+                                   log=lambda m: click.echo(m, err=True))
+    elif gen:
+        click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
+    engine = engine_from_run(run_dir, layer)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.secho(f"WARNING: listening on {host}: anyone who can reach this machine can use the model "
+                    "(there is no authentication).", fg="red", err=True)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    click.echo(f"gdx paint: {len(engine.concepts)} concepts on {engine.layer} -> {url}", err=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+
+
+COMMANDS = [paint]

@@ -1,0 +1,44 @@
+"""``gdx report`` and ``gdx compare``: static HTML views of finished runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gdx.cli import friendly_errors
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (default RUN_DIR/report).")
+@click.option("--top-k", default=8, show_default=True, type=click.IntRange(1, 100), help="Samples per unit strip.")
+@click.option("--image-size", default=None, type=click.IntRange(16, 512), help="Tile edge in pixels (default: image size, at most 128).")
+@click.option("--no-images", is_flag=True, help="Skip regenerating samples (tables and charts only).")
+@friendly_errors
+def report(run_dir, out, top_k, image_size, no_images):
+    """Write a static HTML report of RUN_DIR (a 'gdx run --out' folder); opens offline."""
+    import torch
+
+    from gdx.report import write_report
+
+    torch.set_grad_enabled(False)
+    index = write_report(run_dir, out, top_k=top_k, image_size=image_size, images=not no_images,
+                         progress=lambda msg: click.echo(msg, err=True))
+    click.echo(str(index))
+
+
+@click.command()
+@click.argument("a", type=click.Path(exists=True, file_okay=False))
+@click.argument("b", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (default compare-A-B beside A).")
+@friendly_errors
+def compare(a, b, out):
+    """Compare two runs or layers side by side (A and B: run folders with one layer, or RUN/LAYER folders)."""
+    from gdx.report import write_compare
+
+    out = out or str(Path(a).parent / f"compare-{Path(a).name}-{Path(b).name}")
+    click.echo(str(write_compare(a, b, out)))
+
+
+COMMANDS = [report, compare]
