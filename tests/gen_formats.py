@@ -312,3 +312,27 @@ def rosinality_forward(g: dict[str, torch.Tensor], z: torch.Tensor, *, truncatio
         skip = to_rgb(out, f"to_rgbs.{j}", skip)
         j += 1
     return skip
+
+
+# -- diffusers VAEs (need diffusers) --------------------------------------------------
+
+def tiny_autoencoder_kl(seed: int = 0):
+    """A 16-px AutoencoderKL (2 levels, 8/16 channels) with random weights."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    ).eval()
+
+
+def tiny_autoencoder_tiny(seed: int = 0):
+    """An AutoencoderTiny (TAESD layout, 8 channels per block) with random weights."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+    ).eval()
