@@ -1,0 +1,94 @@
+"""Helpers for the report / GANPaint tests: tiny finished runs and a system-Chromium launcher.
+
+The browser is Debian's ``chromium`` (``apt-get install -y chromium``) driven by the
+``playwright`` Python package; ``playwright install`` (a browser download) is never used.
+Tests that need it skip with the reason when it is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import gdx
+from gdx.results import atomic_write_json
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def make_run(folder: Path, gen_name: str, seg_name: str, layer: str, *, samples: int, seed: int = 0) -> Path:
+    """Dissect and write a ``gdx run``-format folder (run.json + layer/dissection.*)."""
+    gen, seg = gdx.load_generator(gen_name), gdx.load_segmenter(seg_name)
+    result = gdx.dissect(gen, seg, layer, samples=samples, seed=seed, progress=False)
+    result.save(folder / layer)
+    atomic_write_json(folder / "run.json", {
+        "format": "gdx.run", "version": 1, "generator": gen_name, "segmenter": seg_name,
+        "generator_options": [], "segmenter_options": [], "layers": [layer], "samples": samples,
+        "seed": seed, "threshold": 0.99, "synthetic": "toy" in (gen_name, seg_name),
+    })
+    return folder
+
+
+def scene_available() -> bool:
+    reg = gdx.default_registry()
+    return "scene" in reg.infos("generator") and "scene" in reg.infos("segmenter")
+
+
+@contextlib.contextmanager
+def chromium_page(viewport=(1200, 900)) -> Iterator[tuple[object, list[str]]]:
+    """A Playwright page in headless system Chromium, and the list its console errors go to."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("system chromium not found (apt-get install -y chromium); real-browser test skipped")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, errors
+        finally:
+            browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(app, port: int | None = None) -> Iterator[str]:
+    """Run ``app`` with a real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(10)
