@@ -662,13 +662,15 @@ def removal_table(
     init: Any = None,
     control_seed: int = 1,
     batch_size: int | None = None,
+    probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RemovalTable:
     """For each concept: rank units (``method`` "alpha", "iou" or "ace") on samples of
     ``seed``, then measure on held-out samples of ``eval_seed`` the fraction of its
     pixels removed by ablating the top ``top`` units vs. ``top`` random units
     (``control_seed``), and the largest change of any other concept.
-    ``init`` (a Dissection) seeds alpha and is required for ``method="iou"``.
+    ``init`` (a Dissection) seeds alpha and is required for ``method="iou"``;
+    ``probs`` is passed to :func:`optimize_units`.
     """
     rows = []
     n_units = None
@@ -678,7 +680,7 @@ def removal_table(
         if method == "alpha":
             ranking = optimize_units(
                 generator, segmenter, layer, concept, samples=samples, seed=seed, epochs=epochs, init=init,
-                batch_size=batch_size,
+                batch_size=batch_size, probs=probs,
             )
         elif method == "iou":
             if init is None:

@@ -245,10 +245,11 @@ class ModuleFeatures(nn.Module):
 
 
 def segmenter_features(segmenter: Any, layer: str | None = None) -> ModuleFeatures:
-    """A domain feature space from a segmenter's network (its ``encoder`` by default).
+    """A domain feature space from a segmenter's network (its encoder by default).
 
     Finds the ``nn.Module`` of the segmenter (``.module``, ``.model``, ``.net`` or a
-    wrapped module ``.fn``); ``layer`` defaults to ``"encoder"`` when the network has one.
+    wrapped module ``.fn``); ``layer`` defaults to the outermost sub-module named
+    ``encoder`` (smp models: its deepest feature map), else the network's output.
     """
     net = None
     for attr in ("module", "model", "net", "fn"):
@@ -261,9 +262,9 @@ def segmenter_features(segmenter: Any, layer: str | None = None) -> ModuleFeatur
             f"segmenter {getattr(segmenter, 'name', '?')!r} exposes no nn.Module (.module/.model/.net/.fn); "
             "build gdx.plugins.metrics.frechet.ModuleFeatures(your_network, layer) instead"
         )
-    names = dict(net.named_modules())
     if layer is None:
-        layer = "encoder" if "encoder" in names else None
+        encoders = [n for n, _ in net.named_modules() if n.split(".")[-1] == "encoder"]
+        layer = min(encoders, key=len) if encoders else None
     return ModuleFeatures(net, layer, input_size=getattr(segmenter, "input_size", None))
 
 

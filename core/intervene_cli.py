@@ -1,0 +1,347 @@
+"""``gdx ace | optimize | locate | repair | removal-table``: intervention from the command line.
+
+Each command takes the same model options as ``gdx run`` (``--gen/--seg/--gen-opt/--seg-opt``)
+and writes JSON results plus PNG figures into ``--out``. The lead CLI attaches
+:data:`COMMANDS` to the ``gdx`` group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from gdx.cli import build_adapter, first_registered, friendly_errors, load_models, model_options, DEFAULT_GENERATORS
+from gdx.errors import GdxError
+
+
+def _layer(generator: Any, layer: str | None) -> str:
+    layer = layer or getattr(generator, "default_layer", None)
+    if not layer:
+        raise GdxError(
+            f"pass --layer NAME (layers: {', '.join(generator.layer_names()[:30])})"
+        )
+    return layer
+
+
+def _parse_units(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise GdxError(f"--units {text!r}: expected comma-separated unit indices, e.g. --units 3,17,41") from None
+
+
+def _dissection_for(run_dir: str, layer: str):
+    from gdx.results import Dissection
+
+    path = Path(run_dir) / layer
+    if not path.exists():
+        raise GdxError(f"{run_dir} has no dissection of layer {layer!r} (expected {path}); run 'gdx run --layer {layer}'")
+    return Dissection.load(path)
+
+
+def _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top, samples, seed, say):
+    """Units from --units, a saved --ranking, or the IoU ranking of a --run dissection."""
+    from gdx.causal import UnitRanking, rank_by_iou
+
+    if units:
+        return _parse_units(units), None
+    if ranking_file:
+        ranking = UnitRanking.load(ranking_file)
+        return ranking.top(top), ranking
+    if run_dir:
+        ranking = rank_by_iou(_dissection_for(run_dir, layer), concept, layer=layer)
+        say(f"top-{top} units of {layer} by IoU with {concept!r} from {run_dir}")
+        return ranking.top(top), ranking
+    raise GdxError("choose units: --units 3,17,41, or --ranking ranking.json (from 'gdx optimize'), or --run RUN_DIR")
+
+
+def _out_dir(out: str | None, default: str) -> Path:
+    path = Path(out) if out else Path("runs") / default
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _write_curve_png(curve, path: Path, control=None) -> None:
+    from gdx.plots import line_chart, write_png
+
+    series = {"removed": (curve.n, curve.removed)}
+    if curve.ace is not None:
+        series["ACE"] = (curve.n, curve.ace)
+    if control is not None:
+        series["removed (random)"] = (control.n, control.removed)
+    write_png(path, line_chart(series, title=f"{curve.concept}: top-n units of {curve.layer}", xlabel="n units",
+                               ylabel="fraction"))
+
+
+@torch.no_grad()
+def _before_after(generator, layer, units, value, n, seed):
+    from gdx.intervene import intervene
+
+    z = generator.sample_latents(n, seed=seed).to(generator.device)
+    rows = [list(generator.generate(z))]
+    with intervene(generator, layer, units, value=0.0):
+        rows.append(list(generator.generate(z)))
+    if value is not None:
+        with intervene(generator, layer, units, value=value):
+            rows.append(list(generator.generate(z)))
+    return rows
+
+
+common_options = [
+    click.option("--layer", default=None, help="Layer (module name). Default: the generator's default layer."),
+    click.option("--samples", default=200, show_default=True, type=click.IntRange(min=1)),
+    click.option("--seed", default=0, show_default=True, type=int),
+    click.option("--batch-size", default=None, type=click.IntRange(min=1)),
+    click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder."),
+]
+
+
+def with_common(fn):
+    for deco in reversed(common_options):
+        fn = deco(fn)
+    return model_options(fn)
+
+
+unit_options = [
+    click.option("--units", default=None, help="Comma-separated units, e.g. 3,17,41."),
+    click.option("--ranking", "ranking_file", default=None, type=click.Path(exists=True, dir_okay=False),
+                 help="A ranking.json from 'gdx optimize'; its top --top units are used."),
+    click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
+                 help="A 'gdx run' folder: use the top --top units by IoU."),
+    click.option("--top", default=20, show_default=True, type=click.IntRange(min=1)),
+]
+
+
+def with_units(fn):
+    for deco in reversed(unit_options):
+        fn = deco(fn)
+    return fn
+
+
+@click.command()
+@with_common
+@with_units
+@click.option("--concept", required=True, help="Concept (a segmenter label).")
+@click.option("--curve/--no-curve", default=True, show_default=True, help="Also the cumulative curve for n = 1..top.")
+@friendly_errors
+def ace(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, units, ranking_file, run_dir,
+        top, concept, curve):
+    """Causal effect of units on a concept: removed, added, ACE (SPEC §2)."""
+    from gdx.causal import EffectRunner, cumulative_effect, random_units
+
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    layer = _layer(generator, layer)
+    chosen, ranking = _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top,
+                                    samples, seed, _say)
+    folder = _out_dir(out, f"ace-{gen_name}-{concept}")
+    runner = EffectRunner(generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size)
+    eff = runner.effect(chosen)
+    eff.save(folder / "effect.json")
+    click.echo(f"{concept} / {layer} units {chosen}: removed {eff.removed:.3f}, added {eff.added:+.3f}, "
+               f"ACE {eff.ace:+.3f} ({int(eff.contains.sum())}/{samples} samples contain {concept})")
+    if eff.side_effects:
+        worst = sorted(eff.side_effects.items(), key=lambda kv: -abs(kv[1]))[:5]
+        click.echo("side effects (relative change under ablation): " + ", ".join(f"{k} {v:+.2f}" for k, v in worst))
+    from gdx.plots import image_grid, write_png
+
+    write_png(folder / "before_after.png", image_grid(_before_after(generator, layer, chosen, runner.value, 6, seed)))
+    if curve and len(chosen) > 1:
+        c = cumulative_effect(generator, segmenter, layer, chosen, concept, n_max=len(chosen), samples=samples,
+                              seed=seed, batch_size=batch_size)
+        n_units = int(runner.n_units or len(chosen))
+        ctl = cumulative_effect(generator, segmenter, layer, random_units(n_units, len(chosen), seed=seed + 1),
+                                concept, n_max=len(chosen), samples=samples, seed=seed, batch_size=batch_size,
+                                insert=False)
+        c.save(folder / "curve.json")
+        ctl.save(folder / "curve_random.json")
+        _write_curve_png(c, folder / "curve.png", ctl)
+    click.echo(f"wrote {folder}", err=True)
+
+
+@click.command()
+@with_common
+@click.option("--concept", required=True, help="Concept (a segmenter label).")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=0.01, show_default=True, type=float)
+@click.option("--lam", default=0.005, show_default=True, type=float, help="L2 weight on alpha.")
+@click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A 'gdx run' folder: initialise alpha from the normalised IoU.")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--curve/--no-curve", default=True, show_default=True)
+@friendly_errors
+def optimize(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, concept, epochs, lr, lam,
+             run_dir, top, curve):
+    """Learn the soft unit mask alpha that best removes/inserts a concept (SPEC §2)."""
+    from gdx.causal import cumulative_effect, optimize_units
+
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    layer = _layer(generator, layer)
+    init = _dissection_for(run_dir, layer) if run_dir else None
+    ranking = optimize_units(generator, segmenter, layer, concept, samples=samples, seed=seed, epochs=epochs, lr=lr,
+                             lam=lam, init=init, batch_size=batch_size)
+    folder = _out_dir(out, f"optimize-{gen_name}-{concept}")
+    ranking.save(folder / "ranking.json")
+    click.echo(f"top-{top} units of {layer} for {concept!r} by alpha: "
+               + ", ".join(f"{u} ({float(ranking.scores[u]):.2f})" for u in ranking.top(top)))
+    if curve:
+        c = cumulative_effect(generator, segmenter, layer, ranking, concept, n_max=top, samples=samples,
+                              seed=seed + 1, batch_size=batch_size)
+        c.save(folder / "curve.json")
+        _write_curve_png(c, folder / "curve.png")
+        click.echo(f"held-out (seed {seed + 1}) removal by top-{top}: {c.removed[-1]:.3f}")
+    click.echo(f"wrote {folder}", err=True)
+
+
+@click.command()
+@with_common
+@with_units
+@click.option("--concept", required=True)
+@click.option("--sample", default=0, show_default=True, type=click.IntRange(min=0), help="Sample index of --seed.")
+@click.option("--radius", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Measure the gain within this many cells of the edited cell.")
+@friendly_errors
+def locate(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, units, ranking_file, run_dir,
+           top, concept, sample, radius):
+    """Where can a concept go? Insert its units at each cell of one sample and map the gain."""
+    from gdx.causal import location_map
+
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    layer = _layer(generator, layer)
+    chosen, _ = _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top, samples, seed,
+                              _say)
+    loc = location_map(generator, segmenter, layer, chosen, concept, sample=sample, seed=seed, value_samples=samples,
+                       radius=radius, batch_size=batch_size)
+    folder = _out_dir(out, f"locate-{gen_name}-{concept}")
+    loc.save(folder / f"location_{sample}.json")
+    loc.save_png(folder / f"location_{sample}.png")
+    g = loc.gain
+    click.echo(f"{concept} on sample {sample}: gain {float(g.min()):+.3f}..{float(g.max()):+.3f}, "
+               f"{int((g > 0.05).sum())}/{g.numel()} cells where it appears")
+    click.echo(f"wrote {folder}", err=True)
+
+
+def _load_real(real: str | None, real_scenes: int, size: tuple[int, int]) -> torch.Tensor | None:
+    import torch.nn.functional as F
+
+    if real_scenes:
+        from gdx.scenes import render_scenes
+
+        images = render_scenes(real_scenes, seed=10_000, size=size[0]).images
+    elif real:
+        path = Path(real)
+        if path.is_dir():
+            try:
+                import numpy as np
+                from PIL import Image
+            except ImportError:
+                raise GdxError("reading an image folder needs Pillow: pip install pillow, or pass a .pt tensor") from None
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if not files:
+                raise GdxError(f"--real {path}: no .png/.jpg images in the folder")
+            arrs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize(size[::-1]))) for f in files]
+            images = torch.stack(arrs).permute(0, 3, 1, 2).float() / 127.5 - 1
+        else:
+            from gdx.checkpoints import load_torch_file
+
+            images = load_torch_file(path, what="real images")
+            if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+                raise GdxError(f"--real {path}: expected a tensor N x 3 x H x W in [-1, 1] saved with torch.save")
+    else:
+        return None
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+    return images.float()
+
+
+@click.command()
+@model_options
+@click.option("--layer", default=None)
+@click.option("--samples", default=200, show_default=True, type=click.IntRange(min=2), help="Search samples.")
+@click.option("--held-out", default=200, show_default=True, type=click.IntRange(min=2))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--batch-size", default=None, type=click.IntRange(min=1))
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="At most this many units.")
+@click.option("--features", default="segmenter", show_default=True, type=click.Choice(["segmenter", "inception"]),
+              help="Feature space of the Fréchet distance (segmenter = a domain space, not the literature's FID).")
+@click.option("--weights", default=None, help="Inception-v3 weights file (torchvision format) for --features inception.")
+@click.option("--real", default=None, help="Real images: a folder of PNG/JPG, or a .pt tensor N x 3 x H x W in [-1, 1].")
+@click.option("--real-scenes", default=0, type=click.IntRange(min=0),
+              help="Use N rendered scenes of the procedural scene world as the real set.")
+@click.option("--out", default=None, type=click.Path(file_okay=False))
+@friendly_errors
+def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed, batch_size, top, features, weights,
+           real, real_scenes, out):
+    """Find artifact units: ablating them improves a Fréchet distance to real images (SPEC §3)."""
+    from gdx.plots import image_grid, write_png
+    from gdx.plugins.metrics.frechet import FrechetDistance, InceptionFeatures, segmenter_features
+    from gdx.repair import find_artifact_units
+
+    gen_name = gen or first_registered("generator", DEFAULT_GENERATORS)
+    generator = build_adapter("generator", gen_name, gen_opts)
+    layer = _layer(generator, layer)
+    with torch.no_grad():
+        size = tuple(generator.generate(generator.sample_latents(1, seed=seed).to(generator.device)).shape[-2:])
+    images = _load_real(real, real_scenes, size)
+    if images is None:
+        raise GdxError("repair needs real images: --real FOLDER_OR_PT, or --real-scenes N for the bundled scene world")
+    if features == "inception":
+        if not weights:
+            raise GdxError("--features inception needs --weights PATH (torchvision Inception-v3 weights; nothing is downloaded)")
+        extractor = InceptionFeatures(weights)
+    else:
+        _, _, _, segmenter = load_models(gen_name, seg, gen_opts, seg_opts)
+        extractor = segmenter_features(segmenter)
+    metric = FrechetDistance(extractor)
+    rep = find_artifact_units(generator, layer, metric=metric, real=images.split(64), samples=samples, seed=seed,
+                              held_out=held_out, top=top, batch_size=batch_size, progress=_say)
+    folder = _out_dir(out, f"repair-{gen_name}")
+    rep.save(folder / "repair.json")
+    if rep.units:
+        write_png(folder / "before_after.png", image_grid(_before_after(generator, layer, rep.units, None, 8,
+                                                                         rep.held_out_seed)))
+    click.echo(f"artifact units of {layer}: {rep.units or 'none found'}")
+    click.echo(f"Fréchet distance ({features} features), search samples: {rep.before:.4f} -> {rep.after:.4f}; "
+               f"held-out (seed {rep.held_out_seed}): {rep.held_out_before:.4f} -> {rep.held_out_after:.4f}"
+               f"{' (confirmed)' if rep.confirmed else ' (NOT confirmed)'}")
+    click.echo(f"wrote {folder}", err=True)
+
+
+@click.command("removal-table")
+@with_common
+@click.option("--concepts", required=True, help="Comma-separated concepts, e.g. tree,door,dome.")
+@click.option("--method", default="alpha", show_default=True, type=click.Choice(["alpha", "iou", "ace"]))
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--eval-seed", default=1, show_default=True, type=int, help="Seed of the held-out measurement samples.")
+@click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A 'gdx run' folder (IoU for --method iou; alpha initialisation otherwise).")
+@friendly_errors
+def removal_table_cmd(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, concepts, method,
+                      top, epochs, eval_seed, run_dir):
+    """The paper's table: fraction of each concept removed by its top units vs random units."""
+    from gdx.causal import removal_table
+
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    layer = _layer(generator, layer)
+    init = _dissection_for(run_dir, layer) if run_dir else None
+    table = removal_table(generator, segmenter, layer, [c.strip() for c in concepts.split(",") if c.strip()],
+                          top=top, method=method, samples=samples, seed=seed, eval_seed=eval_seed, epochs=epochs,
+                          init=init, batch_size=batch_size, progress=_say)
+    folder = _out_dir(out, f"removal-{gen_name}")
+    table.save(folder / "removal_table.json")
+    (folder / "removal_table.md").write_text(table.to_markdown())
+    click.echo(table.to_markdown())
+    click.echo(f"wrote {folder}", err=True)
+
+
+#: Commands for the lead CLI to attach: ``for c in COMMANDS: cli.add_command(c)``.
+COMMANDS = [ace, optimize, locate, repair, removal_table_cmd]
+
+__all__ = ["COMMANDS"]
