@@ -246,3 +246,12 @@ def test_hooks_on_documented_layers_see_the_feature_maps(tmp_path):
         with gdx.Trace(gen.module, ["synthesis.b8.conv1"], edit=lambda name, out: out * 0):
             edited = gen.generate(z)
     assert not torch.equal(base, edited)
+
+
+def test_every_listed_layer_yields_one_tensor(tmp_path):
+    gen = gdx.load_generator("stylegan2", weights=str(write_nvidia_pkl(tiny_stylegan2(), tmp_path / "s.pkl")))
+    layers = gen.layer_names()
+    assert "synthesis.b8" not in layers and "synthesis.b8.conv1" in layers
+    with torch.no_grad(), gdx.Trace(gen.module, layers) as tr:
+        gen.generate(gen.sample_latents(1, seed=0))
+    assert all(isinstance(tr[n], torch.Tensor) for n in layers)

@@ -286,6 +286,12 @@ class StyleGAN2(Generator):
     def latent_shape(self) -> tuple[int, ...]:
         return (self._net.z_dim,) if self.latent == "z" else (self._net.w_dim,)
 
+    def layer_names(self) -> list[str]:
+        """Modules whose output is one tensor: all but the blocks ``synthesis.b{R}``, which
+        return a (features, image) tuple; hook their ``conv0``/``conv1``/``torgb`` instead."""
+        blocks = {f"synthesis.b{r}" for r in self._net.synthesis.block_resolutions}
+        return [n for n, _ in self._net.named_modules() if n and n not in blocks]
+
     def _labels(self, n: int, device: torch.device) -> torch.Tensor | None:
         if self.class_index is None:
             return None
