@@ -49,8 +49,24 @@ def ade20k_labels() -> LabelSet:
     text = _data_path("ade20k_object150_info.csv").read_text(encoding="utf-8")
     rows = list(csv.DictReader(text.splitlines()))
     rows.sort(key=lambda r: int(r["Idx"]))
-    names = [r["Name"].split(";")[0].strip() for r in rows]
-    return LabelSet(names, {n: "object" for n in names})
+    names = [_ADE20K_RENAMES.get(int(r["Idx"]), r["Name"].split(";")[0].strip()) for r in rows]
+    return LabelSet(unique_names(names), {n: "object" for n in unique_names(names)})
+
+
+#: Two ADE20K rows share the first synonym "screen"; their full names in ADE20K's
+#: objectInfo150 ("screen door, screen" and "screen, silver screen, projection screen")
+#: tell them apart, and label names must be unique.
+_ADE20K_RENAMES = {59: "screen door", 131: "projection screen"}
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with later repeats suffixed ``#<index>`` so every label name is unique."""
+    seen: set[str] = set()
+    out = []
+    for i, n in enumerate(names):
+        out.append(n if n not in seen else f"{n}#{i}")
+        seen.add(n)
+    return out
 
 
 def ade20k_palette() -> list[tuple[int, int, int]]:
