@@ -27,6 +27,7 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -181,6 +182,14 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
     @lru_cache(maxsize=256)
     def sample_png(sample: int) -> bytes:
         return encode_png(engine.render(sample))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, exc: RequestValidationError):
+        # FastAPI's default handler echoes the raw input, which fails on bytes that are not
+        # UTF-8 (a 500); report where and what is wrong, never the input itself.
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "invalid")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        return JSONResponse({"detail": errors or "invalid request"}, status_code=422)
 
     @app.exception_handler(PaintError)
     async def paint_error(_request, exc: PaintError):

@@ -1,0 +1,155 @@
+"""Real-browser GANPaint test: headless system Chromium draws strokes on the page.
+
+Runs on the bundled scene GAN ("tree" over the ground) when it is registered, else on
+the synthetic toy world ("tree" on empty sky).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gdx
+from gdx_browser import chromium_page, make_run, scene_available, serve
+
+pytestmark = pytest.mark.browser
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+DISPLAY = 512  # the page's canvas size in CSS pixels (paint.css)
+GRID_SAMPLES = 12  # thumbnails on the page: samples 0..11
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from gdx.paint import engine_from_run
+
+    if scene_available():
+        gen = gdx.load_generator("scene")
+        name, layer, samples, ground = "scene", gen.default_layer, 200, "grass"
+    else:
+        name, layer, samples, ground = "toy", "features", 120, None
+    run = make_run(tmp_path_factory.mktemp("run"), name, name, layer, samples=samples)
+    engine = engine_from_run(run)
+    seg = gdx.load_segmenter(name)
+    ground_index = list(seg.labels).index(ground) if ground else -1  # toy: -1 is the empty sky
+    return engine, seg, ground_index
+
+
+def segment(seg, rgb: np.ndarray) -> torch.Tensor:
+    from gdx.intervene import segment_images
+
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    out = segment_images(seg, x)[0]
+    out = out if out.dim() == 2 else out[0]
+    if tuple(out.shape) != rgb.shape[:2]:
+        out = torch.nn.functional.interpolate(out[None, None].float(), size=rgb.shape[:2], mode="nearest")[0, 0].long()
+    return out
+
+
+def pick_window(seg_map: torch.Tensor, concept: int, ground: int, size: int, margin: int):
+    """(score, y, x): a size x size window with no concept (in it and its margin), most ground."""
+    h, w = seg_map.shape
+    best = None
+    for y in range(margin, h - size - margin + 1, 2):
+        for x in range(margin, w - size - margin + 1, 2):
+            around = seg_map[y - margin : y + size + margin, x - margin : x + size + margin]
+            if (around == concept).any():
+                continue
+            score = float((seg_map[y : y + size, x : x + size] == ground).float().mean())
+            if best is None or score > best[0]:
+                best = (score, y, x)
+    return best
+
+
+def data_url_image(url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+def drag_rect(page, y0: float, x0: float, y1: float, x1: float, brush: int) -> None:
+    """Zig-zag a brush of ``brush`` display px over the display rectangle, one stroke."""
+    box = page.locator("#brush").bounding_box()
+    r = brush / 2
+    page.mouse.move(box["x"] + x0 + r, box["y"] + y0 + r)
+    page.mouse.down()
+    y = y0 + r
+    left = True
+    while True:
+        page.mouse.move(box["x"] + (x1 - r if left else x0 + r), box["y"] + y, steps=8)
+        left = not left
+        if y >= y1 - r:
+            break
+        y = min(y + r, y1 - r)
+        page.mouse.move(box["x"] + (x0 + r if left else x1 - r), box["y"] + y, steps=2)
+    page.mouse.up()
+
+
+def set_brush(page, size: int) -> None:
+    page.eval_on_selector("#brush-size", f"(e) => {{ e.value = '{size}'; e.dispatchEvent(new Event('input')); }}")
+
+
+def paint_rect(page, y0: float, x0: float, y1: float, x1: float, brush: int) -> np.ndarray:
+    """One stroke over the rectangle; returns the image the server sent back for it."""
+    previous = page.get_attribute("#image", "data-seq") or ""
+    drag_rect(page, y0, x0, y1, x1, brush)
+    page.wait_for_function(
+        f"() => {{ const i = document.getElementById('image'); return (i.dataset.seq || '') !== '{previous}' && "
+        "i.src.startsWith('data:image/png') && i.complete; }", timeout=30000
+    )
+    return data_url_image(page.get_attribute("#image", "src"))
+
+
+def test_paint_tree_and_remove_it_in_chromium(world):
+    from gdx.paint.server import create_app
+
+    engine, seg, ground = world
+    tree = list(seg.labels).index("tree")
+    h, w = engine.image_size
+    size, margin = max(4, round(h * 0.3)), max(2, round(h / 8))
+    candidates = []
+    for s in range(GRID_SAMPLES):
+        found = pick_window(segment(seg, engine.render(s)), tree, ground, size, margin)
+        if found:
+            candidates.append((found[0], s, found[1], found[2]))
+    assert candidates, "no grid sample has room for a tree"
+    score, sample, y, x = max(candidates)
+    if ground >= 0:
+        assert score >= 0.5, "the chosen window should be mostly ground"
+    scale = DISPLAY / w
+
+    with serve(create_app(engine)) as url, chromium_page() as (page, errors):
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']")
+        page.click(f"#samples img[data-sample='{sample}']")
+        page.click("#concepts button[data-concept='tree']")
+        page.check("input[name=mode][value=draw]")
+        page.fill("#units", str(engine.default_units))
+        brush = int(min(96, size * scale / 2))
+        set_brush(page, brush)
+        after = paint_rect(page, y * scale, x * scale, (y + size) * scale, (x + size) * scale, brush)
+        before = engine.render(sample)
+        window = (slice(y, y + size), slice(x, x + size))
+        assert np.abs(after[window].astype(int) - before[window].astype(int)).mean() > 5, "no visible change"
+        trees_before = int((segment(seg, before)[window] == tree).sum())
+        trees_after = int((segment(seg, after)[window] == tree).sum())
+        assert trees_before == 0
+        assert trees_after >= 0.1 * size * size, (trees_before, trees_after)
+        assert page.get_attribute("#download", "href").startswith("data:image/png")
+
+        page.click("#undo")
+        page.wait_for_function(f"() => document.getElementById('image').src.endsWith('/api/sample/{sample}.png')")
+
+        # remove: the tree we just painted (redo it), then brush "remove" over it
+        painted = paint_rect(page, y * scale, x * scale, (y + size) * scale, (x + size) * scale, brush)
+        page.check("input[name=mode][value=remove]")
+        removed = paint_rect(page, (y - margin) * scale, (x - margin) * scale, (y + size + margin) * scale,
+                             (x + size + margin) * scale, brush)
+        trees_painted = int((segment(seg, painted) == tree).sum())
+        trees_removed = int((segment(seg, removed) == tree).sum())
+        assert trees_removed < 0.5 * trees_painted, (trees_painted, trees_removed)
+        assert errors == []
