@@ -44,8 +44,16 @@ def make_run(folder: Path, gen_name: str, seg_name: str, layer: str, *, samples:
 
 
 def scene_available() -> bool:
+    """True when the bundled scene GAN and segmenter are registered AND their weights load."""
     reg = gdx.default_registry()
-    return "scene" in reg.infos("generator") and "scene" in reg.infos("segmenter")
+    if "scene" not in reg.infos("generator") or "scene" not in reg.infos("segmenter"):
+        return False
+    try:
+        gdx.load_generator("scene")
+        gdx.load_segmenter("scene")
+    except (gdx.GdxError, OSError):
+        return False
+    return True
 
 
 @contextlib.contextmanager
