@@ -147,3 +147,36 @@ def progan_like_state(path: Path) -> Path:
     torch.save({"layer1.conv.weight": torch.zeros(8, 4, 4, 4), "layer1.wscale.b": torch.zeros(8),
                 "output_8x8.conv.weight": torch.zeros(3, 8, 1, 1), "output_8x8.wscale.b": torch.zeros(3)}, path)
     return path
+
+
+#: A small Broden+-style vocabulary (labels.json of a Unified Perceptual Parsing model).
+UPP_LABELS = {
+    "object": ["-", "sky", "building", "person", "door", "tree", "glass"],
+    "material": ["-", "wood", "glass", "brick"],
+    "scene": ["-", "street", "bedroom"],
+    "part": ["cloud", "door", "window", "roof", "head", "arm", "trunk"],
+    "object_part": {"person": ["head", "arm"], "sky": ["cloud"], "building": ["door", "window", "roof"],
+                    "tree": ["trunk"]},
+}
+
+
+def upp_folder(folder: Path, *, labels: dict | None = None, epoch: int = 40, seed: int = 0,
+               write_labels: bool = True) -> tuple[Path, nn.Module]:
+    """``upp-resnet50-upernet/``: encoder/decoder epoch files (SyncBN leftovers) + labels.json."""
+    from gdx.plugins.segmenters import mit_semseg_arch as A
+    from gdx.plugins.segmenters import unified_parsing as U
+
+    labels = labels or UPP_LABELS
+    broden = U.BrodenLabels(labels["object"], labels["material"], labels["scene"], labels["object_part"])
+    torch.manual_seed(seed)
+    enc = A.build_encoder("resnet50")
+    model = randomize(U.UnifiedParsingModel(enc, U.UnifiedParsingDecoder(broden.nr_classes)), seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, name in ((model.encoder, "encoder"), (model.decoder, "decoder")):
+        sd = dict(part.state_dict())
+        for k in [k for k in sd if k.endswith(".running_mean")]:
+            sd[k[: -len("running_mean")] + "_tmp_running_mean"] = torch.zeros_like(sd[k])
+        torch.save(sd, folder / f"{name}_epoch_{epoch}.pth")
+    if write_labels:
+        (folder / "labels.json").write_text(json.dumps(labels))
+    return folder, model

@@ -14,6 +14,12 @@
   (``resnet50dilated``) go with the PPM/C1 decoders, plain ones with UPerNet, as in
   the published ADE20K configs; ``encoder_arch`` overrides.
 
+* the paper's Unified Perceptual Parsing model (gandissect's
+  ``upp-resnet50-upernet/``: an encoder/decoder pair whose decoder has Broden+
+  object/part/material/scene heads, plus its ``labels.json``), recognised from the
+  decoder keys; see :mod:`gdx.plugins.segmenters.unified_parsing`. Output is
+  N x 3 x H x W (object, material, part).
+
 Labels: ``labels=FILE`` (.txt/.json/.csv), else ``labels.json``/``labels.txt`` beside
 the weights, else the 150 ADE20K classes when the model has 150 outputs, else
 ``class0..``. Every pixel gets a label (ADE20K models have no "none" class).
@@ -31,6 +37,7 @@ from gdx.checkpoints import existing_file, load_torch_file, unwrap_state_dict
 from gdx.errors import CheckpointError
 
 from gdx.plugins.segmenters import mit_semseg_arch as arch
+from gdx.plugins.segmenters import unified_parsing as upp
 from gdx.plugins.segmenters.labels import LabelSet, ade20k_labels, choose_labels
 from gdx.plugins.segmenters.smp_loading import is_smp_directory, load_smp_directory
 from gdx.plugins.segmenters.sniff import looks_like
@@ -95,12 +102,17 @@ def clean_mit_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_mit_state(path: Path) -> dict[str, torch.Tensor]:
+    """A mit_semseg/UPP checkpoint file as a clean state dict."""
+    return clean_mit_state(unwrap_state_dict(load_torch_file(path, what=WHAT), what=f"{WHAT} ({path})"))
+
+
 def load_mit_semseg_model(
-    encoder_path: Path, decoder_path: Path, *, encoder_arch: str = "auto"
+    encoder_path: Path, decoder_path: Path, *, encoder_arch: str = "auto",
+    states: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> tuple[arch.MitSemsegModel, str, arch.DecoderSpec]:
     """Rebuild and load a mit_semseg encoder/decoder pair; returns (model, encoder arch, decoder spec)."""
-    enc = clean_mit_state(unwrap_state_dict(load_torch_file(encoder_path, what=WHAT), what=f"{WHAT} ({encoder_path})"))
-    dec = clean_mit_state(unwrap_state_dict(load_torch_file(decoder_path, what=WHAT), what=f"{WHAT} ({decoder_path})"))
+    enc, dec = states if states is not None else (read_mit_state(encoder_path), read_mit_state(decoder_path))
     if arch.decoder_spec(enc) is not None and arch.encoder_depth(dec) is not None:
         raise CheckpointError(
             f"{WHAT}: {encoder_path.name} is a decoder and {decoder_path.name} an encoder; swap them "
@@ -149,8 +161,10 @@ def build_upernet(
     encoder_arch: str = "auto",
     mean: str | None = None,
     std: str | None = None,
+    part_objects: str = "sky,building,person",
+    ppm_pool: str = "prroi",
 ) -> gdx.Segmenter:
-    """UPerNet scene parser: an smp UPerNet directory or a CSAIL mit_semseg ADE20K checkpoint pair.
+    """UPerNet scene parser: smp UPerNet directory, CSAIL mit_semseg ADE20K pair, or Unified Perceptual Parsing (Broden+).
 
     ``weights``: smp directory, mit_semseg folder or encoder file; ``decoder_weights``:
     the mit_semseg decoder file when not beside the encoder; ``labels``: a labels file
@@ -158,6 +172,12 @@ def build_upernet(
     the eval Resize of an smp-hub directory, else the image's own size);
     ``encoder_arch``: mit_semseg encoder (auto, resnet50, resnet50dilated, ...);
     ``mean``/``std``: override the normalisation (comma-separated, model units).
+    Unified Perceptual Parsing folders (upp-resnet50-upernet: the paper's segmenter,
+    N x 3 label maps object/material/part) also take ``part_objects`` (objects whose
+    parts are labelled, comma-separated, or "all"; default gandissect's
+    sky,building,person) and ``ppm_pool`` ("prroi": exact Precise RoI Pooling in
+    torch, or "adaptive" average pooling); their labels come from the labels.json
+    beside the weights (or ``labels``).
     """
     path = existing_file(weights, what=WHAT)
     size = parse_size(input_size)
@@ -198,7 +218,11 @@ def build_upernet(
                     "weights=<encoder file> decoder_weights=<decoder file>."
                 )
             dec_path = guess
-    model, enc_arch, spec = load_mit_semseg_model(enc_path, dec_path, encoder_arch=encoder_arch)
+    states = read_mit_state(enc_path), read_mit_state(dec_path)
+    if upp.is_unified_parsing_decoder(states[1]):
+        return build_upp_segmenter(enc_path, dec_path, states, labels=labels, input_size=size,
+                                   part_objects=part_objects, ppm_pool=ppm_pool)
+    model, enc_arch, spec = load_mit_semseg_model(enc_path, dec_path, encoder_arch=encoder_arch, states=states)
     chosen: LabelSet = choose_labels(spec.num_class, labels or labels_beside(enc_path), default=ade20k_labels(), what=WHAT)
     pre = override_preprocess(Preprocess(IMAGENET_MEAN, IMAGENET_STD), mean, std)
     return TorchSegmenter(
@@ -211,6 +235,45 @@ def build_upernet(
         # mit_semseg's test loader rounds image sizes to multiples of 32 (UPerNet) or 8 (dilated nets).
         multiple=8 if enc_arch.endswith("dilated") else 32,
         details=f"mit_semseg {enc_arch}+{spec.arch}, {enc_path.name} + {dec_path.name}",
+    )
+
+
+def build_upp_segmenter(
+    enc_path: Path, dec_path: Path, states: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]], *,
+    labels: str | None, input_size: tuple[int, int] | None, part_objects: str, ppm_pool: str,
+) -> gdx.Segmenter:
+    """The Unified Perceptual Parsing segmenter for an encoder/decoder pair with Broden+ heads."""
+    labels_path = labels or str(enc_path.parent / "labels.json")
+    if not Path(labels_path).is_file():
+        raise CheckpointError(
+            f"{WHAT}: {dec_path} is a Unified Perceptual Parsing (Broden+) decoder, whose label names live in the "
+            f"labels.json published with it (upp-resnet50-upernet/labels.json); none found at {labels_path}. "
+            "Put it beside the weights or pass --seg-opt labels=<labels.json>."
+        )
+    if ppm_pool not in ("prroi", "adaptive"):
+        raise CheckpointError(f"{WHAT}: ppm_pool={ppm_pool!r}; choose prroi (exact) or adaptive.")
+    broden = upp.read_broden_labels(Path(labels_path))
+    enc_state, dec_state = states
+    depth = arch.encoder_depth(enc_state)
+    if depth not in ("resnet50", "resnet101"):
+        raise CheckpointError(
+            f"{WHAT}: {enc_path} is not a deep-stem ResNet-50/101 encoder; it looks like {looks_like(enc_state)}."
+        )
+    encoder = arch.build_encoder(depth)
+    model = upp.build_unified_parsing(encoder, dec_state, broden, ppm_pool=ppm_pool)
+    _load_part(model.encoder, enc_state, enc_path, f"a Unified Perceptual Parsing {depth} encoder")
+    _load_part(model.decoder, dec_state, dec_path, "a Unified Perceptual Parsing decoder")
+    owners = None if part_objects.strip().lower() == "all" else [o.strip() for o in part_objects.split(",") if o.strip()]
+    unknown = [o for o in owners or [] if o not in broden.object_part]
+    if unknown:
+        raise CheckpointError(
+            f"{WHAT}: part_objects names objects without parts {unknown}; objects with parts: "
+            f"{', '.join(broden.objects_with_parts()[:20])}"
+        )
+    return upp.UnifiedParsingSegmenter(
+        model.eval(), broden, part_objects=owners, input_size=input_size,
+        details=f"Unified Perceptual Parsing {depth}+upernet (Broden+), {enc_path.name} + {dec_path.name}, "
+        f"PPM pooling {ppm_pool}",
     )
 
 
