@@ -255,3 +255,14 @@ def test_every_listed_layer_yields_one_tensor(tmp_path):
     with torch.no_grad(), gdx.Trace(gen.module, layers) as tr:
         gen.generate(gen.sample_latents(1, seed=0))
     assert all(isinstance(tr[n], torch.Tensor) for n in layers)
+
+
+def test_a_plain_nvidia_state_dict_loads_bit_for_bit(tmp_path):
+    net = tiny_stylegan2(seed=8)
+    torch.save(net.state_dict(), tmp_path / "g.pt")
+    torch.save({"G_ema": net.state_dict()}, tmp_path / "nested.pt")
+    z = gdx.seeded_normal(2, (16,), 0)
+    for name in ("g.pt", "nested.pt"):
+        gen = gdx.load_generator("stylegan2", weights=str(tmp_path / name))
+        with torch.no_grad():
+            assert torch.equal(gen.generate(z), net(z))

@@ -22,6 +22,8 @@ Formats:
 * **rosinality** (stylegan2-pytorch): ``.pt`` with ``g_ema`` (a state dict in
   rosinality's naming), ``latent_avg`` and optionally ``args`` (an argparse.Namespace,
   allow-listed for the weights-only load). A bare ``g_ema`` state dict also works.
+* **a state dict in NVIDIA's naming** (``torch.save(G.state_dict(), "g.pt")``, the safe
+  re-export of a snapshot); it does not record ``conv_clamp``, so none is applied.
 
 Latents: ``latent="z"`` (default) samples z ~ N(0, 1) in R^z_dim with
 :func:`gdx.seeded_normal`, and ``generate`` runs mapping + truncation + synthesis.
@@ -235,6 +237,38 @@ def _default_filter() -> torch.Tensor:
     return setup_filter((1, 3, 3, 1))
 
 
+def generator_from_torch_file(obj: Any, *, source: str) -> StyleGAN2Generator:
+    """A weights-only torch file: rosinality checkpoint, or a state dict in NVIDIA's naming.
+
+    A plain ``G.state_dict()`` does not record ``conv_clamp`` or the mapping
+    learning-rate multiplier; NVIDIA's defaults (no clamp, 0.01) are used.
+    """
+    if isinstance(obj, dict) and ("g_ema" in obj or "style.1.weight" in obj):
+        return generator_from_rosinality(obj, source=source)
+    sd = obj
+    if isinstance(obj, dict):
+        for key in ("G_ema", "state_dict", "G"):
+            if isinstance(obj.get(key), dict):
+                sd = obj[key]
+                break
+    if isinstance(sd, dict) and "mapping.fc0.weight" in sd and "synthesis.b4.const" in sd:
+        if any(k.startswith("synthesis.input.") for k in sd):
+            raise CheckpointError(f"{WHAT}: {source} is a StyleGAN3 (alias-free) state dict; gdx builds only StyleGAN2.")
+        try:
+            cfg = _config_from_tensors(sd, lr_multiplier=0.01, conv_clamp=None,
+                                       use_noise="synthesis.b4.conv1.noise_const" in sd, img_channels=int(
+                                           sd["synthesis.b4.torgb.weight"].shape[0]),
+                                       resample=sd.get("synthesis.b4.resample_filter"))
+        except KeyError as exc:
+            raise CheckpointError(f"{WHAT}: {source} lacks {exc}; the state dict is incomplete.") from None
+        return _load_strict(cfg, sd, source=source)
+    keys = sd.keys() if isinstance(sd, dict) else []
+    raise CheckpointError(
+        f"{WHAT}: {source} is neither a rosinality checkpoint (g_ema) nor a StyleGAN2 state dict; "
+        f"it looks like {describe_keys(keys) if keys else 'a ' + type(sd).__name__}."
+    )
+
+
 # -- adapter --------------------------------------------------------------------------
 
 def load_stylegan2_network(weights: str | Path) -> StyleGAN2Generator:
@@ -246,12 +280,12 @@ def load_stylegan2_network(weights: str | Path) -> StyleGAN2Generator:
         head = f.read(4)
     if head.startswith(b"PK"):  # torch.save zip container: rosinality .pt
         obj = load_torch_file(p, what=WHAT, safe_globals=[argparse.Namespace])
-        return generator_from_rosinality(obj, source=str(p))
+        return generator_from_torch_file(obj, source=str(p))
     if not head:
         raise CheckpointError(f"{WHAT}: {p} is empty; the download was probably interrupted.")
     if p.suffix in (".pt", ".pth") and head[:1] != b"\x80":
         obj = load_torch_file(p, what=WHAT, safe_globals=[argparse.Namespace])
-        return generator_from_rosinality(obj, source=str(p))
+        return generator_from_torch_file(obj, source=str(p))
     return generator_from_nvidia_pickle(p)
 
 
