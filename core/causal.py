@@ -442,6 +442,49 @@ def _normalised_init(init: Any, concept: str | int, labels: Sequence[str], n_uni
     return col / col.max() if float(col.max()) > 0 else col
 
 
+@torch.no_grad()
+def _coverage(generator: Generator, segmenter: Segmenter, index: int, z_all: torch.Tensor, grid, bs: int) -> torch.Tensor:
+    """Fraction of each feature cell the concept covers, N x h x w."""
+    out = []
+    for start in range(0, z_all.shape[0], bs):
+        images = generator.generate(z_all[start : start + bs].to(generator.device))
+        mask = concept_mask(segment_images(segmenter, images), index).float()
+        out.append(F.adaptive_avg_pool2d(mask[:, None], grid)[:, 0].cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _candidate_cells(
+    generator: Generator, segmenter: Segmenter, layer: str, index: int, z_all: torch.Tensor, cover: torch.Tensor,
+    k: torch.Tensor, probes: int, seed: int, bs: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sample, the best of ``probes`` random concept-free cells for inserting the concept.
+
+    As the reference: every unit is set to its insertion value in one cell and the
+    concept's gain in that cell is measured; samples where no probe gains are dropped.
+    """
+    g = torch.Generator().manual_seed(seed + 7919)
+    n, h, w = cover.shape
+    best_gain = torch.zeros(n)
+    best_cell = torch.zeros(n, dtype=torch.long)
+    for _ in range(probes):
+        free = (cover.flatten(1) == 0).float() + 1e-12
+        cells = torch.multinomial(free, 1, generator=g)[:, 0]
+        for start in range(0, n, bs):
+            idx = torch.arange(start, min(n, start + bs))
+            region = F.one_hot(cells[idx], h * w).float().view(-1, h, w)
+            with intervene(generator, layer, None, value=k, region=region):
+                images = generator.generate(z_all[idx].to(generator.device))
+            mask = concept_mask(segment_images(segmenter, images), index).float()
+            pooled = F.adaptive_avg_pool2d(mask[:, None], (h, w)).flatten(1).cpu()
+            gain = pooled.gather(1, cells[idx, None])[:, 0] - cover.flatten(1)[idx].gather(1, cells[idx, None])[:, 0]
+            better = gain > best_gain[idx]
+            best_gain[idx] = torch.where(better, gain, best_gain[idx])
+            best_cell[idx] = torch.where(better, cells[idx], best_cell[idx])
+    keep = torch.nonzero(best_gain > 0).flatten()
+    return keep, best_cell[keep]
+
+
 def optimize_units(
     generator: Generator,
     segmenter: Segmenter,
@@ -458,27 +501,36 @@ def optimize_units(
     value: torch.Tensor | None = None,
     batch_size: int | None = None,
     probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mode: str = "image",
+    probes: int = 5,
 ) -> UnitRanking:
     """Learn the soft unit mask alpha in [0, 1]^U that best removes and inserts ``concept``.
 
-    Minimises ``mean p_c(ablate alpha) - mean p_c(insert alpha * k) + lam * ||alpha||^2``
-    (SPEC §2): ablation multiplies each unit by ``1 - alpha_u`` over the whole image
-    of samples that contain the concept; insertion sets ``r (1 - alpha) + k alpha``
-    over the whole image of every sample, with ``k`` the insertion values. ``p_c`` is
-    the segmenter's soft probability of the concept (:func:`segment_probs`, or
-    ``probs(images) -> N x L x H x W``), averaged over the pixels, and each term is
-    summed over groups of ``group`` samples per Adam step (the reference's 2 x 10),
-    so ``lam`` has the reference's scale. Adam(lr), alpha clamped to [0, 1] after
-    each step, initialised from the normalised IoU column when ``init`` (a
-    Dissection, a units x labels tensor, or a U-vector) is given, else zeros.
+    Minimises ``sum p_c(ablate alpha) - sum p_c(insert alpha * k) + lam * ||alpha||^2``
+    (SPEC §2). Ablation multiplies each unit by ``1 - alpha_u`` on samples that
+    contain the concept; insertion sets ``r (1 - alpha) + k alpha`` with ``k`` the
+    insertion values. ``p_c`` is the segmenter's soft probability of the concept
+    (:func:`segment_probs`, or ``probs(images) -> N x L x H x W``). Each term is summed
+    over groups of ``group`` samples per Adam step (the reference's 2 x 10), so ``lam``
+    has the reference's scale. Adam(lr), alpha clamped to [0, 1] after each step,
+    initialised from the normalised IoU column when ``init`` (a Dissection, a
+    units x labels tensor, or a U-vector) is given, else zeros.
 
-    The reference code (gandissect ``aceoptimize.ace_loss``) reads the insertion
-    term at the *ablation* sample's location (``ploc``) rather than where it inserted
-    (``cloc``); here both terms are read where their edit was made.
+    ``mode="image"`` (default) edits the whole image and reads ``p_c`` averaged over it
+    (ablation on every sample that contains the concept, insertion on every sample).
+    ``mode="cell"`` is the reference's recipe: ablate in the cell where the concept
+    covers most (``ploc``) and read ``p_c`` there; insert in the best of ``probes``
+    random concept-free cells (``cloc``) of samples where insertion works there.
+
+    The reference code (gandissect ``aceoptimize.ace_loss``) reads the insertion term
+    at ``ploc``, the *ablation* sample's cell, instead of ``cloc`` where it inserted;
+    here each term is read where its edit was made.
 
     >>> rank = gdx.optimize_units(gen, seg, "layer4", "tree", init=dissection, epochs=3)
     >>> rank.top(20)
     """
+    if mode not in ("image", "cell"):
+        raise InterventionError(f"unknown mode {mode!r}: use 'image' or 'cell'")
     runner = EffectRunner(
         generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size, value=value
     )
@@ -486,48 +538,70 @@ def optimize_units(
     k = runner.value
     c = runner.index
     n_units = int(runner.n_units or 0)
+    grid = runner.grid or (1, 1)
     z_all = generator.sample_latents(samples, seed=seed)
     present = torch.nonzero(before[:, c] > 0).flatten()
     if present.numel() == 0:
         raise InterventionError(f"concept {runner.concept!r} is absent from all {samples} samples; cannot optimise")
+    bs = max(1, min(batch_size or 10, group))
+    p_cells: torch.Tensor | None = None
+    c_cells: torch.Tensor | None = None
+    c_all = torch.arange(samples)
+    if mode == "cell":
+        cover = _coverage(generator, segmenter, c, z_all, grid, bs)
+        p_cells = torch.full((samples,), -1, dtype=torch.long)
+        p_cells[present] = cover[present].flatten(1).argmax(1)
+        c_all, found = _candidate_cells(generator, segmenter, layer, c, z_all, cover, k, probes, seed, bs)
+        c_cells = torch.full((samples,), -1, dtype=torch.long)
+        c_cells[c_all] = found
+        if c_all.numel() == 0:
+            raise InterventionError(
+                f"inserting {runner.concept!r} in {probes} random cells of {samples} samples never added it; "
+                "use mode='image', more samples or more probes"
+            )
     prob_fn = probs or (lambda x: segment_probs(segmenter, x))
     alpha = _normalised_init(init, concept, segmenter.labels, n_units).to(generator.device).requires_grad_(True)
     opt = torch.optim.Adam([alpha], lr=lr)
-    bs = max(1, min(batch_size or 10, group))
     kk = k.to(generator.device)
     kk = kk.view(1, -1, 1, 1) if kk.dim() == 1 else kk
 
-    def concept_prob(z: torch.Tensor, insert: bool) -> torch.Tensor:
+    def concept_prob(ids: torch.Tensor, insert: bool, cells: torch.Tensor | None) -> torch.Tensor:
+        z = z_all[ids].to(generator.device)
         a = alpha.view(1, -1, 1, 1)
+        if cells is not None:
+            where = F.one_hot(cells[ids], grid[0] * grid[1]).to(a).view(-1, 1, grid[0], grid[1])
+            a = a * where
 
         def edit(_name: str, r: torch.Tensor) -> torch.Tensor:
             return r * (1 - a) + kk * a if insert else r * (1 - a)
 
         with Trace(generator.module, layer, edit=edit, record=False):
             images = generator.generate(z)
-        p = prob_fn(images)
-        return p[:, c].mean(dim=(-2, -1))  # per-sample mean probability
+        p = prob_fn(images)[:, c]
+        if cells is None:
+            return p.mean(dim=(-2, -1))  # per-sample mean probability over the image
+        pooled = F.adaptive_avg_pool2d(p[:, None], grid).flatten(1)
+        return pooled.gather(1, cells[ids].to(pooled.device)[:, None])[:, 0]  # read where the edit was made
 
     history: list[float] = []
     gen = torch.Generator().manual_seed(seed)
     for _epoch in range(epochs):
         p_order = present[torch.randperm(present.numel(), generator=gen)]
-        c_order = torch.randperm(samples, generator=gen)
+        c_order = c_all[torch.randperm(c_all.numel(), generator=gen)]
         steps = max(1, -(-p_order.numel() // group))
         total = 0.0
         for step in range(steps):
             pz = p_order[step * group : (step + 1) * group]
             if pz.numel() == 0:
                 pz = p_order[:group]
-            cz = c_order[step * group : (step + 1) * group]
+            cz = c_order[(step * group) % max(1, c_order.numel()) :][:group]
             if cz.numel() == 0:
                 cz = c_order[:group]
             grad = torch.zeros_like(alpha)
             step_loss = 0.0
-            for part, sign, insert in ((pz, 1.0, False), (cz, -1.0, True)):
+            for part, sign, insert, cells in ((pz, 1.0, False, p_cells), (cz, -1.0, True, c_cells)):
                 for s in range(0, part.numel(), bs):
-                    z = z_all[part[s : s + bs]].to(generator.device)
-                    term = sign * concept_prob(z, insert).sum()
+                    term = sign * concept_prob(part[s : s + bs], insert, cells).sum()
                     (g,) = torch.autograd.grad(term, [alpha])
                     grad += g
                     step_loss += float(term.detach())

@@ -154,3 +154,13 @@ def test_removal_table_with_random_control(street):
     rows = {r["concept"]: r for r in table.rows}
     assert rows["tree"]["removed"] > 0.9 and rows["rock"]["removed"] > 0.9
     assert "| tree |" in table.to_markdown()
+
+
+def test_alpha_cell_mode_reads_each_term_where_it_edited(street):
+    gen, seg = street
+    ranking = optimize_units(gen, seg, "features", "tree", samples=60, seed=0, epochs=4, mode="cell")
+    causal = ranking.scores[TREE_UNITS]
+    distractors = ranking.scores[[u for u in range(12) if u not in TREE_UNITS]]
+    assert float(causal.min()) > float(distractors.max())
+    with pytest.raises(gdx.InterventionError, match="mode"):
+        optimize_units(gen, seg, "features", "tree", samples=8, mode="corner")
