@@ -81,3 +81,8 @@ def test_generator_builds_samples_generates_and_hooks(name, tmp_path):
     assert seen, f"no top-level layer of {name!r} fired during generate: {top}"
     first = trace[seen[0]]
     assert isinstance(first, torch.Tensor) and first.shape[0] == 2
+    if gen.default_layer is not None:
+        assert gen.default_layer in layers, f"default_layer {gen.default_layer!r} is not a listed layer"
+        with torch.no_grad(), gdx.Trace(gen.module, [gen.default_layer]) as trace:
+            gen.generate(z.to(gen.device))
+        assert isinstance(trace[gen.default_layer], torch.Tensor)

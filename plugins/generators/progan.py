@@ -162,7 +162,9 @@ def build_progan(
     obj = load_torch_file(path, what=WHAT)
     sd = progan_state_dict(obj, source=str(path))
     net = build_from_state_dict(sd, source=str(path))
-    gen = gdx.wrap_generator(net, latent_shape=(net.z_dim,), name="progan")
+    # layer4 (512 x 8 x 8 at 256 px) is the paper's canonical layer.
+    default = "layer4" if "layer4" in dict(net.named_children()) else "layer2"
+    gen = gdx.wrap_generator(net, latent_shape=(net.z_dim,), name="progan", default_layer=default)
     return gen.to(device)
 
 

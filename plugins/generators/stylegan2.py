@@ -311,6 +311,9 @@ class StyleGAN2(Generator):
         self._net = net
         self.latent, self.truncation, self.noise = latent, float(truncation), noise
         self.class_index = class_index if net.c_dim > 0 else None
+        # A mid-level layer (32x32 on 256/1024-px models): objects and parts, as layer4 in ProGAN.
+        res = min(32, max(8, net.img_resolution // 8))
+        self.default_layer = f"synthesis.b{res}.conv1"
 
     @property
     def module(self) -> StyleGAN2Generator:

@@ -133,6 +133,7 @@ class VAEGenerator(Generator):
         self._module = VAEDecoder(vae, scaling_factor=float(cfg.scaling_factor),
                                   shift_factor=float(shift) if shift is not None else 0.0).eval()
         self.kind = cls
+        self.default_layer = _middle_decoder_layer(vae)
 
     @property
     def module(self) -> VAEDecoder:
@@ -146,6 +147,14 @@ class VAEGenerator(Generator):
 
     def describe(self) -> str:
         return f"vae ({self.kind}, {self.resolution}x{self.resolution}, latent {self.latent_shape})"
+
+
+def _middle_decoder_layer(vae: nn.Module) -> str:
+    """A decoder stage halfway to the image (the default layer to dissect)."""
+    decoder = vae.decoder
+    if hasattr(decoder, "up_blocks"):
+        return f"decoder.up_blocks.{max(len(decoder.up_blocks) // 2 - 1, 0)}"
+    return f"decoder.layers.{len(decoder.layers) // 2}"
 
 
 def load_vae(weights: str | Path, *, subfolder: str | None = None) -> nn.Module:
