@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     table = removal_table(
         gen, seg, args.layer, concepts, top=args.top, method=args.method, samples=args.samples, seed=args.seed,
         eval_seed=args.eval_seed, epochs=args.epochs, init=dissection, batch_size=args.batch_size,
-        probs=soft_probs(seg), progress=lambda s: print(f"[{time.time() - started:.0f} s] {s}", flush=True),
+        probs=soft_probs(seg) if args.method == "alpha" else None, progress=lambda s: print(f"[{time.time() - started:.0f} s] {s}", flush=True),
     )
     table.save(out / "removal_table.json")
     markdown = table.to_markdown()

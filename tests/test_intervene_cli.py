@@ -95,3 +95,19 @@ def test_removal_table_by_iou(cli, tmp_path):
     assert [r["concept"] for r in rows] == ["sun", "tree"]
     assert rows[1]["removed"] > 0.9
     assert "| tree |" in (out / "removal_table.md").read_text()
+
+
+def test_scene_removal_benchmark_script_runs_on_the_toy(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scene_removal.py"
+    spec = importlib.util.spec_from_file_location("scene_removal", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench"
+    module.main(["--gen", "toy", "--seg", "toy", "--layer", "features", "--method", "iou", "--top", "2",
+                 "--concepts", "sun,lake", "--samples", "30", "--out", str(out)])
+    rows = json.loads((out / "removal_table.json").read_text())["rows"]
+    assert rows[0]["concept"] == "sun" and rows[0]["removed"] > 0.9
+    assert (out / "removal_table.md").exists() and (out / "command.json").exists()
