@@ -29,7 +29,6 @@ from gdx.dissect import resize_for
 from gdx.errors import GdxError, ResultFormatError
 from gdx.interfaces import Generator, Segmenter
 from gdx.intervene import (
-    Edit,
     InterventionError,
     concept_index,
     concept_mask,
