@@ -130,12 +130,26 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--threshold", default="0.99", show_default=True, help="Quantile q in (0,1), or 'iqr' (the paper's rule).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (default runs/GEN-SEG).")
 @click.option("--top", default=15, show_default=True, help="Rows of the printed table per layer.")
+@click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Save resumable statistics every N batches.")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished or unfinished run in --out.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes to launch with torchrun (or start gdx under torchrun yourself).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed, threshold, out, top, quiet):
+def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed, threshold, out, top,
+        checkpoint_every, resume, overwrite, workers, quiet):
     """Dissect generator layers: which units match which concepts (SPEC §1)."""
-    import gdx
+    import shutil
 
+    from gdx.distributed import init_world, launched_by_torchrun, shutdown
+    from gdx.dissect import DissectionRun
+    from gdx.runner import CHECKPOINT_DIR, RunFolder, run_state
+
+    if workers > 1 and not launched_by_torchrun():
+        relaunch_with_torchrun(workers)
+        return
     thr = parse_threshold(threshold)
     gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
     if not layers:
@@ -146,25 +160,36 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
             )
         layers = (generator.default_layer,)
     out_dir = Path(out) if out else Path("runs") / f"{gen_name}-{seg_name}"
+    world = init_world(device)
+    say = (lambda *a, **k: click.echo(*a, **k)) if world.is_main else (lambda *a, **k: None)
+    state = run_state(out_dir)
+    if state != "empty" and overwrite and world.is_main:
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        (out_dir / "run.json").unlink(missing_ok=True)
+    elif state == "finished" and not overwrite:
+        raise GdxError(f"{out_dir} already holds a finished run; pass --overwrite to replace it, or another --out.")
     synthetic = "toy" in (gen_name, seg_name)
     if synthetic:
-        click.echo("note: using the SYNTHETIC built-in toy models (hand-built, untrained).", err=True)
-    click.echo(f"dissecting {gen_name}:{','.join(layers)} with {seg_name} "
-               f"({samples} samples, seed {seed}, threshold {thr}) -> {out_dir}", err=True)
+        say("note: using the SYNTHETIC built-in toy models (hand-built, untrained).", err=True)
+    say(f"dissecting {gen_name}:{','.join(layers)} with {seg_name} ({samples} samples, seed {seed}, "
+        f"threshold {thr}{f', {world.size} processes' if world.size > 1 else ''}) -> {out_dir}", err=True)
     started = time.time()
-    results = gdx.dissect(generator, segmenter, list(layers), samples=samples, batch_size=batch_size, seed=seed,
-                          threshold=thr, device=device, progress=not quiet)
-    for result in results:
-        result.save(out_dir / result.layer)
-    manifest = {
-        "format": "gdx.run", "version": 1, "generator": gen_name, "segmenter": seg_name,
-        "generator_options": list(gen_opts), "segmenter_options": list(seg_opts),
-        "layers": list(layers), "samples": samples, "seed": seed, "threshold": thr,
-        "seconds": round(time.time() - started, 2), "synthetic": synthetic,
+    dissection = DissectionRun(generator, segmenter, list(layers), samples=samples, batch_size=batch_size, seed=seed,
+                               threshold=thr, device=device, progress=not quiet and world.is_main)
+    settings = {
+        "generator": gen_name, "segmenter": seg_name, "generator_options": sorted(gen_opts),
+        "segmenter_options": sorted(seg_opts), "layers": list(layers), "samples": samples, "seed": seed,
+        "threshold": thr, "batch_size": dissection.batch_size, "sketch_size": dissection.sketch_size,
     }
-    from gdx.results import atomic_write_json
-
-    atomic_write_json(out_dir / "run.json", manifest)  # written last: marks a finished run
+    folder = RunFolder(out_dir, dissection, settings, world=world, checkpoint_every=checkpoint_every)
+    try:
+        results = folder.execute(resume=resume)
+        folder.finish({"format": "gdx.run", "version": 1, **settings, "processes": world.size,
+                       "seconds": round(time.time() - started, 2), "synthetic": synthetic})
+    finally:
+        shutdown(world)
+    if results is None:
+        return
     for result in results:
         s = result.summary()
         click.echo(f"\n{result.layer}: {s.interpretable}/{s.units} interpretable units "
@@ -174,7 +199,29 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
         header = ["unit", "concept", "category", "IoU"] + (["IQR"] if result.iqr is not None else [])
         if rows:
             click.echo(format_table(rows, header))
-    click.echo(f"\nwrote {out_dir} in {manifest['seconds']} s", err=True)
+    click.echo(f"\nwrote {out_dir} in {time.time() - started:.1f} s", err=True)
+
+
+def relaunch_with_torchrun(workers: int) -> None:
+    """Start ``gdx run`` again under torchrun with ``workers`` processes on this machine."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
+           "-m", "gdx.cli", *args]
+    code = subprocess.call(cmd)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 def _listing(kind: str, verbose: bool) -> None:
@@ -260,7 +307,9 @@ def show(run_dir, top):
     folder = Path(run_dir)
     manifest = folder / "run.json"
     if not manifest.exists():
-        raise GdxError(f"{folder} has no run.json: the run did not finish (or this is not a gdx run folder).")
+        if (folder / "checkpoint").exists():
+            raise GdxError(f"{folder} is an unfinished run: continue it with the same 'gdx run' command plus --resume.")
+        raise GdxError(f"{folder} has no run.json: not a finished gdx run folder.")
     meta = json.loads(manifest.read_text())
     for layer in meta["layers"]:
         d = Dissection.load(folder / layer)

@@ -19,25 +19,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-_MASK62 = (1 << 62) - 1
-
 
 def hash_keys(index: torch.Tensor, seed: int) -> torch.Tensor:
-    """A deterministic 62-bit mixing hash of int64 ``index`` (splitmix64-style).
+    """splitmix64 of ``index`` (int64) mixed with ``seed``, as non-negative int64 keys.
 
-    int64 products wrap around in torch; masking to 62 bits keeps every step
-    non-negative, so the right shifts are logical.
+    Computed in numpy's wrapping uint64 arithmetic (torch has no uint64 multiply and is
+    far slower for these small integer ops).
     """
-    offset = (seed * 0x632BE59BD9B4E019 + 0x2545F4914F6CDD1D) & _MASK62
-    x = (index * (0x9E3779B97F4A7C15 & _MASK62) + offset) & _MASK62
-    x = x ^ (x >> 30)
-    x = (x * (0xBF58476D1CE4E5B9 & _MASK62)) & _MASK62
-    x = x ^ (x >> 27)
-    x = (x * (0x94D049BB133111EB & _MASK62)) & _MASK62
-    return x ^ (x >> 31)
+    offset = np.uint64((seed * 0x632BE59BD9B4E019 + 0x2545F4914F6CDD1D) % (1 << 64))
+    with np.errstate(over="ignore"):
+        x = index.cpu().numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + offset
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return torch.from_numpy((x >> np.uint64(2)).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,16 @@ def bilinear_at(acts: torch.Tensor, n_idx: torch.Tensor, y: torch.Tensor, x: tor
     _, _, h, w = acts.shape
     ay = UpsampleAxis.make(h, out_size[0], acts.device)
     ax = UpsampleAxis.make(w, out_size[1], acts.device)
-    a = acts.permute(0, 2, 3, 1)  # n, h, w, U
+    rows = acts.permute(0, 2, 3, 1).reshape(-1, acts.shape[1])  # (n*h*w, U): one row per cell
     y0, y1, wy = ay.i0[y], ay.i1[y], ay.w1[y][:, None]
     x0, x1, wx = ax.i0[x], ax.i1[x], ax.w1[x][:, None]
-    top = a[n_idx, y0, x0] * (1 - wx) + a[n_idx, y0, x1] * wx
-    bottom = a[n_idx, y1, x0] * (1 - wx) + a[n_idx, y1, x1] * wx
+    base = n_idx * (h * w)
+
+    def cell(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        return rows.index_select(0, base + yy * w + xx)
+
+    top = cell(y0, x0) * (1 - wx) + cell(y0, x1) * wx
+    bottom = cell(y1, x0) * (1 - wx) + cell(y1, x1) * wx
     return top * (1 - wy) + bottom * wy
 
 
@@ -133,14 +139,17 @@ class PointSample:
         """
         if len(self.values) == 0:
             raise ValueError("no samples seen yet")
-        v = torch.sort(self.values.double(), dim=0).values  # m, U
-        m = v.shape[0]
-        pos = (1.0 - fractions.double()).clamp(0, 1) * (m - 1)
-        lo = pos.floor().long()
-        hi = (lo + 1).clamp(max=m - 1)
-        frac = (pos - lo)[:, None]
-        levels = v[lo] * (1 - frac) + v[hi] * frac  # L, U
-        return levels.t().contiguous().float()
+        rows = self.values.t().contiguous()  # U, m
+        m = rows.shape[1]
+        f = fractions.double().clamp(0, 1)
+        depth = f * (m - 1)  # position counted from the top (descending order)
+        need = min(m, int(depth.max().ceil()) + 2)
+        top = torch.topk(rows, need, dim=1, largest=True, sorted=True).values.double()  # U, need
+        lo = depth.floor().long().clamp(max=need - 1)
+        hi = (lo + 1).clamp(max=min(m, need) - 1)
+        frac = (depth - lo)[None, :]
+        levels = top[:, lo] * (1 - frac) + top[:, hi] * frac  # U, L
+        return levels.float()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys, "values": self.values}
@@ -213,23 +222,21 @@ class LevelCounts:
         """Fold in raw layer outputs ``acts`` (n x U x h x w) and labels ``seg`` (n x K x H x W)."""
         n, _, h, w = acts.shape
         H, W = seg.shape[-2:]
-        k = seg.shape[1]
         labels = seg.long()
         valid = labels >= 0
         self.area += torch.bincount(labels[valid].flatten().cpu(), minlength=self.num_labels)[: self.num_labels]
         self.pixels += n * H * W
-        sy, sx = H // h, W // w
-        sparse = sy * h == H and sx * w == W and sy == sx and sy >= 1
+        s = H // h
+        block = s * h == H and s * w == W and s >= 1
         levels = self._levels_on(acts.device)
         for start in range(0, self.units, self.unit_chunk):
             stop = min(start + self.unit_chunk, self.units)
             chunk = acts[:, start:stop].float()
             lv = levels[start:stop]
-            if sparse and self._sparse_pays(chunk, lv):
-                self._count_sparse(chunk, labels, lv, start, sy)
+            if block and self._sparse_pays(chunk, lv):
+                self._count_sparse(chunk, labels, lv, start, s)
             else:
                 self._count_dense(chunk, labels, lv, start, (H, W))
-        del k
 
     @staticmethod
     def _sparse_pays(chunk: torch.Tensor, lv: torch.Tensor) -> bool:
@@ -237,66 +244,86 @@ class LevelCounts:
         active = (chunk > lv[None, :, 0, None, None]).float().mean()
         return bool(active < 0.25)
 
-    def _accumulate(self, units: torch.Tensor, bucket: torch.Tensor, lab: torch.Tensor, start: int, span: int) -> None:
-        """Add pixels with per-pixel unit, bucket (#levels below value, >=1) and labels (P, K)."""
-        L, C = self.num_levels, self.num_labels
-        u_local = units - start
-        above_idx = u_local * (L + 1) + bucket
-        hist = torch.bincount(above_idx, minlength=span * (L + 1)).view(span, L + 1)
-        # above[u, j] = #pixels with bucket > j
-        cum = hist.flip(1).cumsum(1).flip(1)[:, 1:]
-        self.above[start : start + span] += cum.cpu()
-        for kk in range(lab.shape[1]):
-            lk = lab[:, kk]
-            ok = lk >= 0
-            idx = (above_idx[ok]) * C + lk[ok]
-            h2 = torch.bincount(idx, minlength=span * (L + 1) * C).view(span, L + 1, C)
-            self.cooc[start : start + span] += h2.flip(1).cumsum(1).flip(1)[:, 1:].cpu()
+    def _accumulate(self, unit_local: torch.Tensor, bucket: torch.Tensor, lab: torch.Tensor, start: int,
+                    span: int) -> None:
+        """Add pixels given per pixel: unit (0..span-1), bucket (#levels below its value) and labels (P, K).
+
+        One histogram over (unit, bucket, label + 1) per label head; slot 0 is "no label",
+        so the k=0 histogram summed over slots gives the pixels above each level.
+        """
+        L1, C1 = self.num_levels + 1, self.num_labels + 1
+        base = (unit_local * L1 + bucket) * C1
+        for k in range(lab.shape[1]):
+            idx = base + (lab[:, k] + 1).clamp(min=0)
+            hist = torch.bincount(idx.flatten(), minlength=span * L1 * C1).view(span, L1, C1)
+            # counts above level j = pixels whose bucket > j: reverse cumulative sum over buckets
+            above_j = hist.flip(1).cumsum(1).flip(1)[:, 1:].cpu()  # span, L, C+1
+            self.cooc[start : start + span] += above_j[..., 1:]
+            if k == 0:
+                self.above[start : start + span] += above_j.sum(2)
 
     def _count_dense(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int,
                      size: tuple[int, int]) -> None:
         n, span = chunk.shape[:2]
         up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)  # n, span, H, W
-        vals = up.permute(1, 0, 2, 3).reshape(span, -1)  # span, n*H*W
-        bucket = torch.searchsorted(lv.contiguous(), vals.contiguous(), right=False)  # #levels < v
-        keep = bucket > 0
-        u_of = torch.arange(start, start + span, device=chunk.device)[:, None].expand_as(bucket)
-        pix = torch.arange(vals.shape[1], device=chunk.device)[None, :].expand_as(bucket)
-        lab = labels.permute(0, 2, 3, 1).reshape(-1, labels.shape[1])  # n*H*W, K
-        self._accumulate(u_of[keep], bucket[keep], lab[pix[keep]], start, span)
+        vals = up.transpose(0, 1).reshape(span, -1)  # span, n*H*W
+        bucket = torch.searchsorted(lv.contiguous(), vals, right=False)  # #levels < v
+        units = torch.arange(span, device=chunk.device)[:, None]
+        lab = labels.permute(0, 2, 3, 1).reshape(1, -1, labels.shape[1])  # 1, n*H*W, K
+        L1, C1 = self.num_levels + 1, self.num_labels + 1
+        base = (units * L1 + bucket) * C1  # span, n*H*W
+        for k in range(lab.shape[2]):
+            idx = base + (lab[..., k] + 1).clamp(min=0)
+            hist = torch.bincount(idx.flatten(), minlength=span * L1 * C1).view(span, L1, C1)
+            above_j = hist.flip(1).cumsum(1).flip(1)[:, 1:].cpu()
+            self.cooc[start : start + span] += above_j[..., 1:]
+            if k == 0:
+                self.above[start : start + span] += above_j.sum(2)
 
     def _count_sparse(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int, s: int) -> None:
-        """Integer scale ``s``: only upsample the dual cells whose corners can pass a level."""
+        """Integer scale ``s``: upsample only the dual cells whose corners can pass the lowest level.
+
+        Bilinear values inside a cell never exceed its largest corner, so cells whose
+        corners are all below the lowest level hold no pixel that counts.
+        """
         n, span, h, w = chunk.shape
         H, W = h * s, w * s
         padded = F.pad(chunk, (1, 1, 1, 1), mode="replicate")  # n, span, h+2, w+2
-        cellmax = F.max_pool2d(padded, 2, stride=1)  # n, span, h+1, w+1
-        active = (cellmax > lv[None, :, 0, None, None]).nonzero()  # A x (i, u, a, b)
-        if active.numel() == 0:
+        corners = torch.stack([padded[..., :-1, :-1], padded[..., :-1, 1:], padded[..., 1:, :-1],
+                               padded[..., 1:, 1:]], dim=-1)  # n, span, h+1, w+1, 4
+        low = lv[:, 0]
+        active = corners.amax(-1) > low[None, :, None, None]
+        if not bool(active.any()):
             return
-        i, u, a, b = active.unbind(1)
-        c00 = padded[i, u, a, b]
-        c01 = padded[i, u, a, b + 1]
-        c10 = padded[i, u, a + 1, b]
-        c11 = padded[i, u, a + 1, b + 1]
+        where = active.nonzero()  # A x (i, u, a, b)
+        vals = corners[active] @ self._block_weights(s, chunk.device)  # A, s*s
+        u_cell = where[:, 1]
+        hit = (vals > low[u_cell][:, None]).nonzero()  # P x (cell, pixel in block)
+        cell, pix = hit[:, 0], hit[:, 1]
+        v = vals[cell, pix]
         off = -((s + 1) // 2)
-        f = ((off + torch.arange(s, device=chunk.device, dtype=torch.float32) + 0.5) / s + 0.5)
-        fy, fx = f[:, None], f[None, :]
-        vals = ((c00[:, None, None] * (1 - fx) + c01[:, None, None] * fx) * (1 - fy)
-                + (c10[:, None, None] * (1 - fx) + c11[:, None, None] * fx) * fy)  # A, s, s
-        # Labels on a canvas aligned to the dual cells; -2 marks pixels outside the image.
-        K = labels.shape[1]
-        canvas = torch.full((n, K, (h + 1) * s, (w + 1) * s), -2, dtype=labels.dtype, device=labels.device)
-        canvas[:, :, -off : -off + H, -off : -off + W] = labels
-        blocks = canvas.view(n, K, h + 1, s, w + 1, s)
-        lab = blocks[i, :, a, :, b, :]  # A, K, s, s
-        inside = lab[:, 0] != -2  # A, s, s
-        vals = vals.reshape(len(i), s * s)
-        bucket = torch.searchsorted(lv[u].contiguous(), vals.contiguous(), right=False)  # A, s*s
-        keep = (bucket > 0) & inside.reshape(len(i), s * s)
-        uu = (u + start)[:, None].expand_as(bucket)[keep]
-        lab = lab.permute(0, 2, 3, 1).reshape(len(i), s * s, K)[keep]  # P, K
-        self._accumulate(uu, bucket[keep], lab, start, span)
+        row = where[cell, 2] * s + off + pix // s
+        col = where[cell, 3] * s + off + pix % s
+        inside = (row >= 0) & (row < H) & (col >= 0) & (col < W)
+        cell, v, row, col = cell[inside], v[inside], row[inside], col[inside]
+        u = u_cell[cell]
+        bucket = (v[:, None] > lv[u]).sum(1)  # #levels below v (levels ascend)
+        lab = labels[where[cell, 0], :, row, col]  # P, K
+        self._accumulate(u, bucket, lab, start, span)
+
+    _weights_cache: dict = {}
+
+    @classmethod
+    def _block_weights(cls, s: int, device: torch.device) -> torch.Tensor:
+        """(4, s*s) bilinear weights of the corners (00, 01, 10, 11) for each pixel of a dual cell."""
+        key = (s, str(device))
+        if key not in cls._weights_cache:
+            off = -((s + 1) // 2)
+            f = (off + torch.arange(s, dtype=torch.float32, device=device) + 0.5) / s + 0.5
+            fy, fx = f[:, None], f[None, :]
+            w = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])  # 4, s, s
+            cls._weights_cache[key] = w.reshape(4, s * s)
+        return cls._weights_cache[key]
 
     def merge(self, other: "LevelCounts") -> None:
         if not torch.equal(self.levels, other.levels):

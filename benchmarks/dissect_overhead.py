@@ -1,0 +1,95 @@
+"""Overhead of gdx.dissect over the bare forward passes, on real-sized random models.
+
+Models: a ProGAN-256 shaped generator (random weights, gandissect architecture)
+dissected at layer4 (512 x 8 x 8) and an smp UPerNet-ResNet50 with 150 labels
+segmenting at 128 x 128. Baseline: the generator and the segmenter on the same
+latents, batch for batch, with nothing else. Prints the ratio for quantile and iqr
+mode. Targets (CPU): <= 1.10 (quantile), <= 1.6 (iqr).
+
+    python benchmarks/dissect_overhead.py --samples 64 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+import gdx
+from gdx.plugins.generators.progan_arch import ProgressiveGenerator
+
+
+def build_models():
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    gen = gdx.wrap_generator(ProgressiveGenerator(resolution=256).eval(), latent_shape=(512,), name="progan256-random")
+    net = smp.UPerNet("resnet50", encoder_weights=None, classes=150).eval()
+    seg = gdx.wrap_segmenter(lambda x: net(x).argmax(1), labels=[f"c{i}" for i in range(150)],
+                             name="upernet-r50-random", input_size=(128, 128))
+    return gen, seg
+
+
+def clock():
+    """(wall seconds, CPU seconds of this process): CPU time is robust to a busy machine."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(t0):
+    w, c = clock()
+    return w - t0[0], c - t0[1]
+
+
+def forward_only(gen, seg, samples, batch_size, seed):
+    z_all = gen.sample_latents(samples, seed=seed)
+    t = clock()
+    with torch.no_grad():
+        for b in range(0, samples, batch_size):
+            images = gen.generate(z_all[b:b + batch_size])
+            x = F.interpolate(images, size=(128, 128), mode="bilinear", align_corners=False, antialias=True)
+            seg.segment(x)
+    return since(t)
+
+
+def timed_dissect(gen, seg, samples, batch_size, seed, threshold):
+    t = clock()
+    gdx.dissect(gen, seg, "layer4", samples=samples, batch_size=batch_size, seed=seed,
+                threshold=threshold, progress=False)
+    return since(t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=2, help="take the best of this many timings")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen, seg = build_models()
+    # warm-up (allocator, kernels)
+    forward_only(gen, seg, args.batch_size, args.batch_size, args.seed)
+    base = min((forward_only(gen, seg, args.samples, args.batch_size, args.seed) for _ in range(args.repeats)),
+               key=lambda t: t[1])
+    rows = {"forward passes only": base}
+    for thr in (0.99, "iqr"):
+        rows[f"gdx.dissect threshold={thr}"] = min(
+            (timed_dissect(gen, seg, args.samples, args.batch_size, args.seed, thr) for _ in range(args.repeats)),
+            key=lambda t: t[1])
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}; {args.samples} samples, batch {args.batch_size}")
+    print(f"{'':<32} {'wall s':>8} {'ratio':>6} {'cpu s':>8} {'ratio':>6}")
+    for name, (wall, cpu) in rows.items():
+        print(f"{name:<32} {wall:8.2f} {wall / base[0]:6.2f} {cpu:8.2f} {cpu / base[1]:6.2f}")
+    print(json.dumps({k: {"wall_ratio": round(v[0] / base[0], 3), "cpu_ratio": round(v[1] / base[1], 3)}
+                      for k, v in rows.items()}))
+
+
+if __name__ == "__main__":
+    main()
