@@ -32,7 +32,7 @@ import collections
 import io
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class UnsafePickleError(pickle.UnpicklingError):
         self.module, self.name = module, name
 
 
-class PersistentObject(collections.abc.Mapping):
+class PersistentObject(Mapping):
     """What a ``torch_utils.persistence`` object holds, without its class or code.
 
     Behaves as a read-only mapping over ``state`` (the original object's ``__dict__``).

@@ -165,7 +165,7 @@ def load_vae(weights: str | Path, *, subfolder: str | None = None) -> nn.Module:
     try:
         vae = cls.from_pretrained(str(root), subfolder=subfolder, local_files_only=True,
                                   low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         text = " ".join(str(exc).strip().splitlines()[:2])[:300]
         hint = "The weights file may be truncated or from another model"
         weights_file = (root / (subfolder or "") / "diffusion_pytorch_model.safetensors")
