@@ -86,3 +86,8 @@ def test_generator_builds_samples_generates_and_hooks(name, tmp_path):
         with torch.no_grad(), gdx.Trace(gen.module, [gen.default_layer]) as trace:
             gen.generate(z.to(gen.device))
         assert isinstance(trace[gen.default_layer], torch.Tensor)
+
+
+def test_an_adapter_without_a_smoke_entry_fails(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="GENERATOR_OPTIONS"):
+        _options("generator", "registered-but-untested", tmp_path)

@@ -42,6 +42,9 @@ def test_nvidia_pickle_loads_back_bit_for_bit(tmp_path):
     for name in ("mapping.fc0", "synthesis.b4.conv1", "synthesis.b8.conv0", "synthesis.b16.conv1",
                  "synthesis.b16.torgb"):
         assert name in gen.layer_names()
+    # Nothing of NVIDIA's code was imported or exec'd to load it.
+    assert "torch_utils" not in sys.modules and "dnnlib" not in sys.modules
+    assert not any(m.startswith("_imported_module_") for m in sys.modules)
 
 
 def test_the_unpickler_recovers_every_tensor_and_init_kwargs(tmp_path):
