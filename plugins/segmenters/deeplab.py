@@ -21,7 +21,6 @@ model did label). ``ignore_background=true`` maps it to -1 ("no label") instead.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
