@@ -157,16 +157,22 @@ class UnitRanking(_JsonResult):
     method: str
     scores: torch.Tensor
     history: list[float] = dataclasses.field(default_factory=list)
+    tiebreak: torch.Tensor | None = None
 
-    _tensors = ("scores",)
+    _tensors = ("scores", "tiebreak")
     _kind = "unit_ranking"
 
     @property
     def order(self) -> list[int]:
-        """Unit indices, best first (ties broken by the lower index)."""
-        idx = torch.arange(self.scores.numel())
-        keys = sorted(idx.tolist(), key=lambda u: (-float(self.scores[u]), u))
-        return keys
+        """Unit indices, best first; equal scores are ordered by ``tiebreak`` (higher
+        first), then by the lower index.
+
+        For alpha, many units can sit at the clamp (alpha = 1) for a large concept;
+        ``tiebreak`` is then the data term's pull on each unit over the last epoch
+        (minus its gradient), i.e. how much further it would go unclamped.
+        """
+        tb = self.tiebreak if self.tiebreak is not None else torch.zeros_like(self.scores)
+        return sorted(range(self.scores.numel()), key=lambda u: (-float(self.scores[u]), -float(tb[u]), u))
 
     def top(self, n: int = 20) -> list[int]:
         return self.order[:n]
@@ -583,8 +589,10 @@ def optimize_units(
         return pooled.gather(1, cells[ids].to(pooled.device)[:, None])[:, 0]  # read where the edit was made
 
     history: list[float] = []
+    pull = torch.zeros(n_units)
     gen = torch.Generator().manual_seed(seed)
     for _epoch in range(epochs):
+        pull.zero_()
         p_order = present[torch.randperm(present.numel(), generator=gen)]
         c_order = c_all[torch.randperm(c_all.numel(), generator=gen)]
         steps = max(1, -(-p_order.numel() // group))
@@ -604,6 +612,7 @@ def optimize_units(
                     (g,) = torch.autograd.grad(term, [alpha])
                     grad += g
                     step_loss += float(term.detach())
+            pull -= grad.detach().cpu()
             reg = lam * alpha.pow(2).sum()
             (g,) = torch.autograd.grad(reg, [alpha])
             grad += g
@@ -616,7 +625,8 @@ def optimize_units(
             total += step_loss
         history.append(total / steps)
     return UnitRanking(
-        layer=layer, concept=runner.concept, method="alpha", scores=alpha.detach().cpu().float(), history=history
+        layer=layer, concept=runner.concept, method="alpha", scores=alpha.detach().cpu().float(), history=history,
+        tiebreak=pull.float(),
     )
 
 

@@ -164,3 +164,11 @@ def test_alpha_cell_mode_reads_each_term_where_it_edited(street):
     assert float(causal.min()) > float(distractors.max())
     with pytest.raises(gdx.InterventionError, match="mode"):
         optimize_units(gen, seg, "features", "tree", samples=8, mode="corner")
+
+
+def test_ranking_ties_broken_by_tiebreak_then_index(tmp_path):
+    r = UnitRanking("l", "c", "alpha", torch.tensor([1.0, 0.5, 1.0, 1.0]), tiebreak=torch.tensor([0.0, 9.0, 2.0, 1.0]))
+    assert r.order == [2, 3, 0, 1]
+    assert UnitRanking("l", "c", "iou", torch.tensor([0.2, 0.2, 0.3])).order == [2, 0, 1]
+    back = UnitRanking.load(r.save(tmp_path / "r.json"))
+    assert back.order == r.order
