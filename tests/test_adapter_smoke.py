@@ -91,3 +91,16 @@ def test_generator_builds_samples_generates_and_hooks(name, tmp_path):
 def test_an_adapter_without_a_smoke_entry_fails(tmp_path):
     with pytest.raises(pytest.fail.Exception, match="GENERATOR_OPTIONS"):
         _options("generator", "registered-but-untested", tmp_path)
+
+
+# --- segmenters (entries and the contract live in seg_smoke_options.py) -----------------------
+from seg_smoke_options import SEGMENTER_OPTIONS, check_segmenter  # noqa: E402
+
+OPTION_TABLES["segmenter"] = SEGMENTER_OPTIONS
+
+
+@pytest.mark.parametrize("name", _registered("segmenter"))
+def test_segmenter_builds_and_segments(name, tmp_path):
+    info = gdx.default_registry().info("segmenter", name)
+    assert info.description, f"segmenter {name!r} needs a docstring (its first line is the listing)"
+    check_segmenter(name, gdx.load_segmenter(name, **_options("segmenter", name, tmp_path)))
