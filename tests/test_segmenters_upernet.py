@@ -162,3 +162,16 @@ def test_errors_labels_length_and_other_smp_model(tmp_path, smp_dir):
 def test_options_are_listed_for_the_cli():
     info = gdx.default_registry().info("segmenter", "upernet")
     assert {"weights", "decoder_weights", "labels", "input_size", "encoder_arch", "mean", "std"} <= set(info.options())
+
+
+def test_smp_directory_never_downloads_encoder_weights(tmp_path):
+    """A config naming encoder_weights='imagenet' (as most saved models do) still loads offline."""
+    folder, model = sf.smp_directory(tmp_path, classes=3)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["encoder_weights"] = "imagenet"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    seg = gdx.load_segmenter("upernet", weights=str(folder))
+    x = sf.images(1, (32, 32))
+    with torch.no_grad():
+        ref = model(sf.imagenet_input(x))
+    assert (seg.logits(x) - ref).abs().max().item() < 1e-5
