@@ -328,6 +328,8 @@ class Intervention(contextlib.AbstractContextManager):
             return value.detach().float() if not value.requires_grad else value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return torch.tensor(float(value))
+        if isinstance(value, list):
+            return torch.tensor([float(v) for v in value])
         if self.stats is not None and (isinstance(value, str) or isinstance(value, tuple)):
             return torch.as_tensor(self.stats).float()
         needs_generator = "value " + repr(value) + " needs statistics from samples: pass a gdx.Generator"

@@ -41,6 +41,8 @@ def test_value_forms(net):
     x = torch.randn(2, 5, 4, 4)
     with intervene(net, "feat", [0, 2], value=7.0):
         assert torch.all(net(x)[:, [0, 2]] == 7.0)
+    with intervene(net, "feat", [0, 2], value=[1.0, 2.0]):  # per chosen unit, as a list
+        assert torch.all(net(x)[:, 2] == 2.0)
     with intervene(net, "feat", [0, 2], value=torch.tensor([1.0, 2.0])):  # per chosen unit
         y = net(x)
         assert torch.all(y[:, 0] == 1.0) and torch.all(y[:, 2] == 2.0)
