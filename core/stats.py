@@ -229,14 +229,14 @@ class LevelCounts:
         s = H // h
         block = s * h == H and s * w == W and s >= 1
         levels = self._levels_on(acts.device)
+        acts = acts.float()
+        if block and self._sparse_pays(acts, levels):
+            # few cells can pass: one sweep over all units keeps the op count low
+            self._count_sparse(acts, labels, levels, 0, s)
+            return
         for start in range(0, self.units, self.unit_chunk):
             stop = min(start + self.unit_chunk, self.units)
-            chunk = acts[:, start:stop].float()
-            lv = levels[start:stop]
-            if block and self._sparse_pays(chunk, lv):
-                self._count_sparse(chunk, labels, lv, start, s)
-            else:
-                self._count_dense(chunk, labels, lv, start, (H, W))
+            self._count_dense(acts[:, start:stop], labels, levels[start:stop], start, (H, W))
 
     @staticmethod
     def _sparse_pays(chunk: torch.Tensor, lv: torch.Tensor) -> bool:
@@ -265,16 +265,17 @@ class LevelCounts:
     def _count_dense(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int,
                      size: tuple[int, int]) -> None:
         n, span = chunk.shape[:2]
-        up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)  # n, span, H, W
-        vals = up.transpose(0, 1).reshape(span, -1)  # span, n*H*W
-        bucket = torch.searchsorted(lv.contiguous(), vals, right=False)  # #levels < v
-        units = torch.arange(span, device=chunk.device)[:, None]
-        lab = labels.permute(0, 2, 3, 1).reshape(1, -1, labels.shape[1])  # 1, n*H*W, K
         L1, C1 = self.num_levels + 1, self.num_labels + 1
-        base = (units * L1 + bucket) * C1  # span, n*H*W
-        for k in range(lab.shape[2]):
-            idx = base + (lab[..., k] + 1).clamp(min=0)
-            hist = torch.bincount(idx.flatten(), minlength=span * L1 * C1).view(span, L1, C1)
+        up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False).flatten(2)  # n, span, H*W
+        # #levels below each value, computed in place: idx = bucket * C1 + unit * L1 * C1 + label + 1
+        idx = torch.searchsorted(lv.expand(n, span, -1).contiguous(), up, right=False)
+        del up
+        idx.mul_(C1)
+        unit_term = (torch.arange(span, device=chunk.device) * (L1 * C1))[None, :, None]
+        for k in range(labels.shape[1]):
+            lab_term = (labels[:, k].flatten(1) + 1).clamp(min=0)[:, None, :]  # n, 1, H*W
+            full = idx + (unit_term + lab_term) if labels.shape[1] > 1 else idx.add_(unit_term + lab_term)
+            hist = torch.bincount(full.flatten(), minlength=span * L1 * C1).view(span, L1, C1)
             above_j = hist.flip(1).cumsum(1).flip(1)[:, 1:].cpu()
             self.cooc[start : start + span] += above_j[..., 1:]
             if k == 0:
