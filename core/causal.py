@@ -693,6 +693,8 @@ class RemovalRow:
     side_effect: float
     random_side_effect: float
     coverage: float
+    side_effects: dict[str, float] = dataclasses.field(default_factory=dict)
+    random_side_effects: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -795,6 +797,8 @@ def removal_table(
                     side_effect=_signed_max(eff.side_effects),
                     random_side_effect=_signed_max(ctl.side_effects),
                     coverage=float(eff.before.mean()),
+                    side_effects=eff.side_effects,
+                    random_side_effects=ctl.side_effects,
                 )
             )
         )
