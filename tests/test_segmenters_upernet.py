@@ -175,3 +175,15 @@ def test_smp_directory_never_downloads_encoder_weights(tmp_path):
     with torch.no_grad():
         ref = model(sf.imagenet_input(x))
     assert (seg.logits(x) - ref).abs().max().item() < 1e-5
+
+
+def test_smp_upernet_plain_state_dict(tmp_path):
+    path, model = sf.smp_state_dict(tmp_path / "upernet.pth", arch="UPerNet", encoder="resnet18", classes=150)
+    seg = gdx.load_segmenter("upernet", weights=str(path))
+    assert "smp UPerNet resnet18" in seg.describe() and seg.labels[2] == "sky"
+    x = sf.images(1, (64, 64))
+    with torch.no_grad():
+        ref = model(sf.imagenet_input(x))
+    assert (seg.logits(x) - ref).abs().max().item() < 1e-5
+    with pytest.raises(CheckpointError, match="resnet34"):
+        gdx.load_segmenter("upernet", weights=str(path), encoder="resnet34")

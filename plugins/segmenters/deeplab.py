@@ -36,6 +36,7 @@ from gdx.plugins.segmenters.smp_loading import (
     load_smp_directory,
     load_strict,
     encoder_preprocess,
+    resnet_encoder_name,
 )
 from gdx.plugins.segmenters.sniff import looks_like
 from gdx.plugins.segmenters.torch_segmenter import (
@@ -49,8 +50,6 @@ from gdx.plugins.segmenters.upernet import labels_beside, override_preprocess
 
 WHAT = "deeplab segmenter weights"
 TORCHVISION_SIZE = (520, 520)
-_RESNET_DEPTH = {("basic", 2): "resnet18", ("basic", 6): "resnet34", ("bottleneck", 6): "resnet50",
-                 ("bottleneck", 23): "resnet101", ("bottleneck", 36): "resnet152"}
 
 
 class TorchvisionOut(nn.Module):
@@ -64,17 +63,11 @@ class TorchvisionOut(nn.Module):
         return self.model(x)["out"]
 
 
-def _resnet_name(state: dict[str, torch.Tensor], prefix: str) -> str | None:
-    block = "bottleneck" if f"{prefix}layer1.0.conv3.weight" in state else "basic"
-    blocks = len({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "layer3.")})
-    return _RESNET_DEPTH.get((block, blocks))
-
-
 def load_torchvision_deeplab(state: dict[str, torch.Tensor], *, what: str) -> tuple[nn.Module, int, str]:
     """Build torchvision's deeplabv3_resnet{50,101} to fit ``state``; returns (model, classes, name)."""
     from torchvision.models import segmentation as tvseg
 
-    backbone = _resnet_name(state, "backbone.")
+    backbone = resnet_encoder_name(state, "backbone.")
     if backbone not in ("resnet50", "resnet101"):
         raise CheckpointError(
             f"{what}: a torchvision DeepLabV3 with a {backbone or 'non-ResNet'} backbone is not supported "
@@ -147,7 +140,7 @@ def build_deeplab(
         multiple, details = 1, f"torchvision {tv_name}, {path.name}"
     elif smp_arch_from_keys(state) is not None or arch != "auto":
         smp_arch = smp_arch_from_keys(state) if arch == "auto" else arch
-        enc = _resnet_name(state, "encoder.") if encoder == "auto" else encoder
+        enc = resnet_encoder_name(state, "encoder.") if encoder == "auto" else encoder
         if enc is None:
             raise CheckpointError(f"{what}: cannot tell the smp encoder from the keys; pass --seg-opt encoder=<smp encoder name>.")
         classes = classes_of_smp_state(state, what=what)

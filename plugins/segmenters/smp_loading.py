@@ -173,15 +173,29 @@ def load_smp_directory(path: Path, *, what: str) -> SmpModel:
     return SmpModel(model.eval(), model_class, encoder_name, classes, pre, size, config, source)
 
 
-def build_smp(arch: str, encoder: str, classes: int, *, what: str) -> nn.Module:
+def build_smp(arch: str, encoder: str, classes: int, *, what: str, **kwargs: Any) -> nn.Module:
+    """``smp.<arch>(encoder_name=encoder, encoder_weights=None, classes=classes, **kwargs)``, errors explained."""
     smp = smp_module()
     cls = getattr(smp, arch, None)
     if cls is None or not isinstance(cls, type):
         raise CheckpointError(f"{what}: smp has no architecture {arch!r} (e.g. UPerNet, DeepLabV3, DeepLabV3Plus).")
     try:
-        return cls(encoder_name=encoder, encoder_weights=None, classes=classes)
+        return cls(encoder_name=encoder, encoder_weights=None, classes=classes, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{what}: cannot build smp.{arch}(encoder_name={encoder!r}) ({exc}).") from None
+
+
+_RESNET_DEPTH = {("basic", 2): "resnet18", ("basic", 6): "resnet34", ("bottleneck", 6): "resnet50",
+                 ("bottleneck", 23): "resnet101", ("bottleneck", 36): "resnet152"}
+
+
+def resnet_encoder_name(state: dict[str, torch.Tensor], prefix: str) -> str | None:
+    """``resnet18..152`` when the keys under ``prefix`` are a torchvision-style ResNet, else None."""
+    if f"{prefix}conv1.weight" not in state:
+        return None
+    block = "bottleneck" if f"{prefix}layer1.0.conv3.weight" in state else "basic"
+    blocks = len({k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "layer3.")})
+    return _RESNET_DEPTH.get((block, blocks))
 
 
 def classes_of_smp_state(state: dict[str, torch.Tensor], *, what: str) -> int:

@@ -6,6 +6,9 @@
   ``model.safetensors``, e.g. smp-hub's ADE20K conversions). Preprocessing comes from
   its ``albumentations_config_eval.json`` when present, else from the encoder's
   pretraining (ImageNet mean/std on RGB 0..1, or the timm config for ``tu-*``);
+* an smp ``UPerNet`` plain state dict (``torch.save(model.state_dict())``); the
+  decoder width is read from the keys, a ResNet encoder's depth from its blocks
+  (``encoder`` names any other smp encoder);
 * a CSAIL ``mit_semseg`` checkpoint pair: a directory holding
   ``encoder_epoch_N.pth`` and ``decoder_epoch_N.pth`` (highest common N is used),
   or the encoder file (the decoder is found beside it, or given by
@@ -39,7 +42,15 @@ from gdx.errors import CheckpointError
 from gdx.plugins.segmenters import mit_semseg_arch as arch
 from gdx.plugins.segmenters import unified_parsing as upp
 from gdx.plugins.segmenters.labels import LabelSet, ade20k_labels, choose_labels
-from gdx.plugins.segmenters.smp_loading import is_smp_directory, load_smp_directory
+from gdx.plugins.segmenters.smp_loading import (
+    build_smp,
+    classes_of_smp_state,
+    encoder_preprocess,
+    is_smp_directory,
+    load_smp_directory,
+    load_strict,
+    resnet_encoder_name,
+)
 from gdx.plugins.segmenters.sniff import looks_like
 from gdx.plugins.segmenters.torch_segmenter import (
     IMAGENET_MEAN,
@@ -148,8 +159,6 @@ def load_mit_semseg_model(
 
 
 def _load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, expected: str) -> None:
-    from gdx.plugins.segmenters.smp_loading import load_strict
-
     load_strict(module, state, what=f"{WHAT} ({path})", expected=expected)
 
 
@@ -163,6 +172,7 @@ def build_upernet(
     std: str | None = None,
     part_objects: str = "sky,building,person",
     ppm_pool: str = "prroi",
+    encoder: str = "auto",
 ) -> gdx.Segmenter:
     """UPerNet scene parser: smp UPerNet directory, CSAIL mit_semseg ADE20K pair, or Unified Perceptual Parsing (Broden+).
 
@@ -171,7 +181,8 @@ def build_upernet(
     (default: ADE20K-150 for 150 classes); ``input_size``: HxW to segment at (default:
     the eval Resize of an smp-hub directory, else the image's own size);
     ``encoder_arch``: mit_semseg encoder (auto, resnet50, resnet50dilated, ...);
-    ``mean``/``std``: override the normalisation (comma-separated, model units).
+    ``mean``/``std``: override the normalisation (comma-separated, model units);
+    ``encoder``: the smp encoder of a plain smp UPerNet state dict (auto: ResNets).
     Unified Perceptual Parsing folders (upp-resnet50-upernet: the paper's segmenter,
     N x 3 label maps object/material/part) also take ``part_objects`` (objects whose
     parts are labelled, comma-separated, or "all"; default gandissect's
@@ -212,6 +223,8 @@ def build_upernet(
             guess = path.with_name(f"decoder_epoch_{m.group(2)}.pth") if m and m.group(1) == "encoder" else None
             if guess is None or not guess.is_file():
                 state = unwrap_state_dict(load_torch_file(path, what=WHAT), what=f"{WHAT} ({path})")
+                if any(k.startswith("decoder.fusion_block.") for k in state):
+                    return _smp_state_dict_segmenter(path, state, encoder, labels, size, mean, std)
                 raise CheckpointError(
                     f"{WHAT}: {path} alone is not enough: it looks like {looks_like(state)}. Pass an smp "
                     "UPerNet directory, a folder with encoder_epoch_N.pth + decoder_epoch_N.pth, or "
@@ -235,6 +248,25 @@ def build_upernet(
         # mit_semseg's test loader rounds image sizes to multiples of 32 (UPerNet) or 8 (dilated nets).
         multiple=8 if enc_arch.endswith("dilated") else 32,
         details=f"mit_semseg {enc_arch}+{spec.arch}, {enc_path.name} + {dec_path.name}",
+    )
+
+
+def _smp_state_dict_segmenter(path: Path, state: dict[str, torch.Tensor], encoder: str, labels: str | None,
+                              size: tuple[int, int] | None, mean: str | None, std: str | None) -> gdx.Segmenter:
+    """An smp UPerNet saved as a plain state dict (``torch.save(model.state_dict())``)."""
+    what = f"{WHAT} ({path})"
+    enc = resnet_encoder_name(state, "encoder.") if encoder == "auto" else encoder
+    if enc is None:
+        raise CheckpointError(f"{what}: cannot tell the smp encoder from the keys; pass --seg-opt encoder=<smp encoder name>.")
+    classes = classes_of_smp_state(state, what=what)
+    channels = int(state["segmentation_head.0.weight"].shape[1])
+    model = build_smp("UPerNet", enc, classes, what=what, decoder_channels=channels)
+    load_strict(model, state, what=what, expected=f"smp.UPerNet({enc})")
+    chosen = choose_labels(classes, labels or labels_beside(path), default=ade20k_labels(), what=WHAT)
+    return TorchSegmenter(
+        model.eval(), labels=chosen.labels, categories=chosen.categories, name="upernet",
+        preprocess=override_preprocess(encoder_preprocess(enc), mean, std), input_size=size,
+        multiple=int(getattr(model.encoder, "output_stride", 32)), details=f"smp UPerNet {enc}, {path.name}",
     )
 
 
