@@ -111,3 +111,44 @@ def test_scene_removal_benchmark_script_runs_on_the_toy(tmp_path):
     rows = json.loads((out / "removal_table.json").read_text())["rows"]
     assert rows[0]["concept"] == "sun" and rows[0]["removed"] > 0.9
     assert (out / "removal_table.md").exists() and (out / "command.json").exists()
+
+
+def test_repair_finds_the_blotch_unit_from_the_command_line(cli, tmp_path, monkeypatch):
+    import types
+
+    from torch import nn
+
+    import gdx
+    import gdx.manager
+    from intervene_worlds import artifact_generator, clean_images
+
+    class BlobSegmenter(nn.Module):
+        """Labels by the brightest channel; its 'encoder' is a 2x2 colour pooling."""
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.AdaptiveAvgPool2d(2)
+
+        def forward(self, images):
+            self.encoder(images)
+            return images.argmax(1)
+
+    @gdx.hookimpl
+    def register_generators(register):
+        register("artifact", artifact_generator)
+
+    @gdx.hookimpl
+    def register_segmenters(register):
+        register("rgb", lambda: gdx.wrap_segmenter(BlobSegmenter(), labels=["r", "g", "b"]))
+
+    plugin = types.SimpleNamespace(register_generators=register_generators, register_segmenters=register_segmenters)
+    monkeypatch.setattr(gdx.manager, "_default", gdx.PluginRegistry([plugin], load_entrypoints=False))
+    torch.save(clean_images(300, seed=7), tmp_path / "real.pt")
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(cli, ["repair", "--gen", "artifact", "--seg", "rgb", "--layer", "features",
+                                   "--real", str(tmp_path / "real.pt"), "--samples", "80", "--held-out", "80",
+                                   "--top", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "repair.json").read_text())
+    assert rep["units"] == [4] and rep["confirmed"]
+    assert "(confirmed)" in res.output and (out / "before_after.png").exists()
