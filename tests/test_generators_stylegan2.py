@@ -269,3 +269,15 @@ def test_a_plain_nvidia_state_dict_loads_bit_for_bit(tmp_path):
         gen = gdx.load_generator("stylegan2", weights=str(tmp_path / name))
         with torch.no_grad():
             assert torch.equal(gen.generate(z), net(z))
+
+
+@pytest.mark.parametrize("name", ["legacy.pt", "legacy.pkl"])
+def test_legacy_format_torch_files_load_whatever_their_extension(tmp_path, name):
+    net = tiny_stylegan2(seed=9)
+    g = to_rosinality(net)
+    torch.save({"g_ema": g, "latent_avg": net.mapping.w_avg}, tmp_path / name, _use_new_zipfile_serialization=False)
+    assert (tmp_path / name).read_bytes()[:1] == b"\x80"
+    gen = gdx.load_generator("stylegan2", weights=str(tmp_path / name))
+    z = gdx.seeded_normal(2, (16,), 0)
+    with torch.no_grad():
+        torch.testing.assert_close(gen.generate(z), net(z), atol=1e-5, rtol=0)

@@ -59,19 +59,23 @@ NOISE_MODES = ("const", "random", "none")
 
 def generator_from_nvidia_pickle(path: str | Path) -> StyleGAN2Generator:
     """Rebuild ``G_ema`` (else ``G``) of an NVIDIA snapshot without running its code."""
-    data = load_stylegan_pickle(path, what=WHAT)
+    return generator_from_nvidia_data(load_stylegan_pickle(path, what=WHAT), source=str(path))
+
+
+def generator_from_nvidia_data(data: Any, *, source: str) -> StyleGAN2Generator:
+    """``G_ema`` (else ``G``) of an unpickled snapshot (see :func:`gdx.safe_unpickle.load_stylegan_pickle`)."""
     if isinstance(data, PersistentObject):
         net = data
     elif isinstance(data, dict):
         net = data.get("G_ema", data.get("G"))
         if not isinstance(net, PersistentObject):
             raise CheckpointError(
-                f"{WHAT}: {path} is a pickle without a G_ema/G network (keys: {sorted(map(str, data))[:8]}); "
+                f"{WHAT}: {source} is a pickle without a G_ema/G network (keys: {sorted(map(str, data))[:8]}); "
                 "expected a stylegan2-ada-pytorch snapshot."
             )
     else:
-        raise CheckpointError(f"{WHAT}: {path} holds a {type(data).__name__}, not a StyleGAN snapshot dict.")
-    return generator_from_persistent(net, source=str(path))
+        raise CheckpointError(f"{WHAT}: {source} holds a {type(data).__name__}, not a StyleGAN snapshot dict.")
+    return generator_from_persistent(net, source=source)
 
 
 def generator_from_persistent(net: PersistentObject, *, source: str) -> StyleGAN2Generator:
@@ -271,22 +275,32 @@ def generator_from_torch_file(obj: Any, *, source: str) -> StyleGAN2Generator:
 
 # -- adapter --------------------------------------------------------------------------
 
+#: The first object of a legacy (non-zip) ``torch.save`` file.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
 def load_stylegan2_network(weights: str | Path) -> StyleGAN2Generator:
-    """Load either format, chosen by content (a torch zip file or not), not by extension."""
+    """Load any supported format, told apart by content first and by extension second.
+
+    A torch zip container, or a ``.pt``/``.pth`` name, goes through the weights-only
+    ``torch.load``; anything else through the restricted unpickler, which also
+    recognises a legacy-format ``torch.save`` file and hands it back to ``torch.load``.
+    """
     p = existing_file(weights, what=WHAT)
     if p.is_dir():
         raise CheckpointError(f"{WHAT}: {p} is a directory; expected a .pkl or .pt file.")
     with open(p, "rb") as f:
         head = f.read(4)
-    if head.startswith(b"PK"):  # torch.save zip container: rosinality .pt
-        obj = load_torch_file(p, what=WHAT, safe_globals=[argparse.Namespace])
-        return generator_from_torch_file(obj, source=str(p))
     if not head:
         raise CheckpointError(f"{WHAT}: {p} is empty; the download was probably interrupted.")
-    if p.suffix in (".pt", ".pth") and head[:1] != b"\x80":
+    if head.startswith(b"PK") or p.suffix in (".pt", ".pth"):
         obj = load_torch_file(p, what=WHAT, safe_globals=[argparse.Namespace])
         return generator_from_torch_file(obj, source=str(p))
-    return generator_from_nvidia_pickle(p)
+    data = load_stylegan_pickle(p, what=WHAT)
+    if isinstance(data, int) and data == _TORCH_LEGACY_MAGIC:
+        obj = load_torch_file(p, what=WHAT, safe_globals=[argparse.Namespace])
+        return generator_from_torch_file(obj, source=str(p))
+    return generator_from_nvidia_data(data, source=str(p))
 
 
 class StyleGAN2(Generator):
