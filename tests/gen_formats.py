@@ -46,8 +46,11 @@ def tiny_progan(seed: int = 0, sizes: tuple[int, ...] = (16, 16, 8, 8)) -> Progr
     return net.eval()
 
 
-def write_progan(net: ProgressiveGenerator, path: Path, *, layout: str = "plain") -> Path:
-    """layout: "plain" (gandissect), "nested" (under state_dict) or "old" (features.N)."""
+def write_progan(net: ProgressiveGenerator, path: Path, *, layout: str = "plain", legacy: bool = False) -> Path:
+    """layout: "plain" (gandissect), "nested" (under state_dict) or "old" (features.N).
+
+    ``legacy`` writes torch's pre-1.6 (non-zip) format, as the published 2018 files are.
+    """
     sd = net.state_dict()
     if layout == "old":
         old = {}
@@ -59,7 +62,7 @@ def write_progan(net: ProgressiveGenerator, path: Path, *, layout: str = "plain"
                 old[f"output.{rest}"] = v
         sd = old
     obj: Any = {"state_dict": sd} if layout in ("nested", "old") else sd
-    torch.save(obj, path)
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     return path
 
 

@@ -16,10 +16,10 @@ from gen_formats import tiny_progan, tiny_stylegan2, write_progan
 from gdx.plugins.generators import progan as progan_mod
 
 
-@pytest.mark.parametrize("layout", ["plain", "nested", "old"])
-def test_every_gandissect_layout_loads_back_exactly(tmp_path, layout):
+@pytest.mark.parametrize("layout,legacy", [("plain", True), ("plain", False), ("nested", False), ("old", True)])
+def test_every_gandissect_layout_loads_back_exactly(tmp_path, layout, legacy):
     net = tiny_progan(seed=1)
-    path = write_progan(net, tmp_path / "g.pth", layout=layout)
+    path = write_progan(net, tmp_path / "g.pth", layout=layout, legacy=legacy)
     gen = gdx.load_generator("progan", weights=str(path))
     z = gen.sample_latents(3, seed=5)
     assert z.shape == (3, 16)
