@@ -74,7 +74,7 @@ def bar_chart(per_concept: Mapping[str, int], categories: Mapping[str, str], *, 
             )
             x += bar_w + gap
         parts.append(
-            f'<text x="{(gx + x - gap) / 2:.1f}" y="{top_pad - 8}" text-anchor="middle" class="cat" '
+            f'<text x="{(gx + x - gap) / 2:.1f}" y="14" text-anchor="middle" class="cat" '
             f'fill="{colour}">{html.escape(category)}</text>'
         )
         x += group_gap
