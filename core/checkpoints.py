@@ -9,6 +9,7 @@ Formats that need full pickle (NVIDIA ``.pkl``) go through
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,12 +48,17 @@ def load_torch_file(
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(p, map_location="cpu", weights_only=True)
     except torch.serialization.pickle.UnpicklingError as exc:  # type: ignore[attr-defined]
+        if "weights only" not in str(exc).lower():
+            raise CheckpointError(
+                f"{what}: {p} is not a torch checkpoint ({_first(exc)}); it may be truncated or another "
+                "kind of file: download it again and compare its size/checksum."
+            ) from None
         raise CheckpointError(
             f"{what}: {p} holds objects a weights-only load refuses ({_first(exc)}). "
             "gdx never runs code from a checkpoint; re-save it as a plain state dict "
             "(torch.save(model.state_dict(), path)) or as safetensors."
         ) from None
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError) as exc:
+    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError, KeyError, IndexError) as exc:
         raise CheckpointError(
             f"{what}: cannot read {p} ({_first(exc)}). The file may be truncated or not a "
             "torch checkpoint: download it again and compare its size/checksum."
@@ -87,5 +93,5 @@ def unwrap_state_dict(obj: Any, *, what: str, keys: Iterable[str] = ("state_dict
 
 
 def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

@@ -302,15 +302,46 @@ class LevelCounts:
         hit = (vals > low[u_cell][:, None]).nonzero()  # P x (cell, pixel in block)
         cell, pix = hit[:, 0], hit[:, 1]
         v = vals[cell, pix]
-        off = -((s + 1) // 2)
-        row = where[cell, 2] * s + off + pix // s
-        col = where[cell, 3] * s + off + pix % s
-        inside = (row >= 0) & (row < H) & (col >= 0) & (col < W)
-        cell, v, row, col = cell[inside], v[inside], row[inside], col[inside]
         u = u_cell[cell]
-        bucket = (v[:, None] > lv[u]).sum(1)  # #levels below v (levels ascend)
-        lab = labels[where[cell, 0], :, row, col]  # P, K
-        self._accumulate(u, bucket, lab, start, span)
+        # Labels from a canvas aligned to the dual cells; -2 marks pixels outside the image.
+        off = -((s + 1) // 2)
+        K = labels.shape[1]
+        Hc, Wc = (h + 1) * s, (w + 1) * s
+        canvas = torch.full((n, Hc, Wc, K), -2, dtype=labels.dtype, device=labels.device)
+        canvas[:, -off : -off + H, -off : -off + W] = labels.permute(0, 2, 3, 1)
+        cell_base = (where[:, 0] * Hc + where[:, 2] * s) * Wc + where[:, 3] * s  # A
+        pix_offset = self._pixel_offsets(s, Wc, chunk.device)  # s*s
+        lab = canvas.view(-1, K)[cell_base[cell] + pix_offset[pix]]  # P, K
+        inside = lab[:, 0] != -2
+        u, v, lab = u[inside], v[inside], lab[inside]
+        self._accumulate(u, self._buckets(v, u, lv), lab, start, span)
+
+    @staticmethod
+    def _buckets(v: torch.Tensor, u: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
+        """#levels of unit ``u`` strictly below ``v``, for mixed units, with one 1-D search.
+
+        Each unit's values and levels are mapped by the same increasing affine map into
+        its own disjoint interval ``[4u - 0.5, 4u + 1.5]`` (float64, so float32 order is
+        kept), which puts all units' levels into one sorted sequence.
+        """
+        lo = lv[:, 0].double()
+        span = (lv[:, -1].double() - lo).clamp(min=1e-30)
+        units = torch.arange(lv.shape[0], device=lv.device, dtype=torch.float64)[:, None]
+        flat = ((lv.double() - lo[:, None]) / span[:, None] + 4 * units).flatten()  # sorted
+        key = ((v.double() - lo[u]) / span[u]).clamp(-0.5, 1.5) + 4 * u.double()
+        idx = torch.searchsorted(flat, key, right=False)
+        L = lv.shape[1]
+        return (idx - u * L).clamp(0, L)
+
+    _offsets_cache: dict = {}
+
+    @classmethod
+    def _pixel_offsets(cls, s: int, row_stride: int, device: torch.device) -> torch.Tensor:
+        key = (s, row_stride, str(device))
+        if key not in cls._offsets_cache:
+            j = torch.arange(s * s, device=device)
+            cls._offsets_cache[key] = (j // s) * row_stride + j % s
+        return cls._offsets_cache[key]
 
     _weights_cache: dict = {}
 
@@ -352,24 +383,24 @@ def iou_from_counts(above: torch.Tensor, cooc: torch.Tensor, area: torch.Tensor)
 
 
 def iqr_from_counts(above: torch.Tensor, cooc: torch.Tensor, area: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Information quality ratio I(A;B)/H(A,B) of the 2x2 table (r > t) vs (label c), (U,L,C)."""
+    """Information quality ratio I(A;B)/H(A,B) of the 2x2 table (r > t) vs (label c), (U,L,C).
+
+    With the joint cells p_ab and marginals, I = H(A) + H(B) - H(A,B).
+    """
     n = float(pixels)
     p11 = cooc.double() / n
-    p10 = above[..., None].double() / n - p11
-    p01 = area.double() / n - p11
-    p00 = 1.0 - p11 - p10 - p01
-    pa1 = p11 + p10
-    pb1 = p11 + p01
-    cells = [(p11, pa1, pb1), (p10, pa1, 1 - pb1), (p01, 1 - pa1, pb1), (p00, 1 - pa1, 1 - pb1)]
-    mi = torch.zeros_like(p11)
-    joint_h = torch.zeros_like(p11)
-    for p, pa, pb in cells:
-        p = p.clamp(min=0)
-        nz = p > 0
-        term = torch.where(nz, p * torch.log(p.clamp(min=1e-300) / (pa * pb).clamp(min=1e-300)), torch.zeros_like(p))
-        mi = mi + term
-        joint_h = joint_h - torch.where(nz, p * torch.log(p.clamp(min=1e-300)), torch.zeros_like(p))
-    return (mi / joint_h.clamp(min=1e-300)).clamp(min=0).float()
+    pa1 = above.double()[..., None] / n
+    pb1 = area.double() / n
+    p10 = (pa1 - p11).clamp(min=0)
+    p01 = (pb1 - p11).clamp(min=0)
+    p00 = (1.0 - pa1 - pb1 + p11).clamp(min=0)
+
+    def h(*ps: torch.Tensor) -> torch.Tensor:
+        return -sum(torch.special.xlogy(p, p) for p in ps)
+
+    joint = h(p11, p10, p01, p00)
+    mi = h(pa1, 1 - pa1) + h(pb1, 1 - pb1) - joint
+    return (mi / joint.clamp(min=1e-300)).clamp(min=0).float()
 
 
 def log_fractions(count: int = 100, low: float = 1e-3) -> torch.Tensor:

@@ -79,7 +79,8 @@ class Trace(contextlib.AbstractContextManager):
                 if edited is not None:
                     output = edited
             if self.record:
-                self.outputs[name] = output if self.retain_grad else output.detach()
+                detach = not self.retain_grad and isinstance(output, torch.Tensor)
+                self.outputs[name] = output.detach() if detach else output
             self._seen.add(name)
             if self.stop and self._seen >= set(self.layers):
                 raise StopForward()
