@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.segmenters.upernet",
     "gdx.plugins.segmenters.deeplab",
     "gdx.plugins.segmenters.onnx",
+    "gdx.plugins.segmenters.scene",
     "gdx.plugins.metrics.dissection",
     "gdx.plugins.metrics.frechet",
 )

@@ -90,3 +90,53 @@ def rendered_label_frequencies(
         labels = scenes.labels if segment is None else segment(scenes.images)
         counts += label_frequencies(labels) * labels.numel()
     return counts / counts.sum()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the numbers docs/scenes.md reports, measured on the shipped weights.
+
+    python -m gdx.scenes.evaluate [--samples 2000] [--dissect 400]
+    """
+    import argparse
+    import json
+    import time
+
+    import gdx
+
+    p = argparse.ArgumentParser(description="Measure the bundled scene models.")
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--dissect", type=int, default=400, help="samples per dissection (0: skip)")
+    p.add_argument("--layer", default="layer4")
+    p.add_argument("--generators", default="scene,scene-vae")
+    args = p.parse_args(argv)
+    seg = gdx.load_segmenter("scene")
+    t = time.time()
+    miou = segmenter_miou(seg.segment, n=512)
+    print(f"segmenter held-out mIoU {miou.mean:.4f} ({time.time() - t:.0f}s); worst {miou.worst()}")
+    print("  per label " + json.dumps({k: round(v, 3) for k, v in miou.per_label.items()}))
+    real = rendered_label_frequencies(args.samples, segment=seg.segment)
+    exact = rendered_label_frequencies(args.samples)
+    print(f"rendered data: TV(segmenter vs exact labels) {total_variation(real, exact):.4f}")
+    for name in args.generators.split(","):
+        gen = gdx.load_generator(name)
+        z = gen.sample_latents(args.samples, seed=0)
+        t = time.time()
+        fake = generated_label_frequencies(gen.generate, seg.segment, z)
+        present = [lab for lab, f in zip(LABELS, fake) if f >= 0.005]
+        print(
+            f"{name}: TV {total_variation(fake, real):.4f} over {args.samples} samples ({time.time() - t:.0f}s); "
+            f"{len(present)} concepts >= 0.5%: {present}"
+        )
+        print("  freq " + json.dumps({lab: round(float(f), 4) for lab, f in zip(LABELS, fake)}))
+        if args.dissect:
+            t = time.time()
+            d = gdx.dissect(gen, seg, args.layer, samples=args.dissect, seed=0, batch_size=100, progress=False)
+            s = d.summary(iou_min=0.05)
+            print(
+                f"  dissection {args.layer} ({args.dissect} samples, {time.time() - t:.0f}s): "
+                f"{s.interpretable}/{s.units} interpretable units, {len(s.per_concept)} concepts {s.per_concept}"
+            )
+
+
+if __name__ == "__main__":
+    main()

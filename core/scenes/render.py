@@ -286,15 +286,18 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
         ncols = torch.where(ww > 22 * f, 3, 2)
         win_rgb = _palette(g, n, [(0.70, 0.85, 0.95), (0.20, 0.25, 0.35), (0.95, 0.85, 0.50)], 0.04)
         door_top = torch.where(has_door, y1 - dhei, y1)
+        # The windows form a grid, so their union is (rows) x (columns): two 1-D masks.
+        win_rows = torch.zeros(n, S, 1, dtype=torch.bool)
         for r in range(_WINDOW_ROWS):
             wy0 = y0 + 2.5 * f + r * (ws + 2.5 * f)
             row_ok = wy0 + ws <= door_top - 1.5 * f
-            for c in range(_WINDOW_COLS):
-                col_ok = c < ncols
-                fx = torch.where(ncols == 3, torch.tensor([0.18, 0.5, 0.82])[c], torch.tensor([0.25, 0.75, 0.0])[c])
-                wx = x0 + ww * fx - ws / 2
-                win = (xs >= col(wx)) & (xs < col(wx + ws)) & (ys >= col(wy0)) & (ys < col(wy0 + ws))
-                cv.paint(col(on & row_ok & col_ok) & win, win_rgb, LABEL_INDEX["window"], depth)
+            win_rows |= col(row_ok) & (ys >= col(wy0)) & (ys < col(wy0 + ws))
+        win_cols = torch.zeros(n, 1, S, dtype=torch.bool)
+        for c in range(_WINDOW_COLS):
+            fx = torch.where(ncols == 3, torch.tensor([0.18, 0.5, 0.82])[c], torch.tensor([0.25, 0.75, 0.0])[c])
+            wx = x0 + ww * fx - ws / 2
+            win_cols |= col(c < ncols) & (xs >= col(wx)) & (xs < col(wx + ws))
+        cv.paint(col(on) & win_rows & win_cols, win_rgb, LABEL_INDEX["window"], depth)
 
     tree_rgb = _palette(g, n, [(0.13, 0.36, 0.14), (0.18, 0.30, 0.10), (0.10, 0.28, 0.20)], 0.03)
     trunk_rgb = _col((0.35, 0.24, 0.14))

@@ -1,0 +1,79 @@
+"""The bundled scene segmenter: a small U-Net trained on the procedural scene world.
+
+It labels every pixel with one of :data:`gdx.scenes.LABELS` (sky, cloud, sun, mountain,
+water, grass, road, tree, building, brick, roof, dome, door, window), the concepts the
+bundled scene generators draw. Weights ship as safetensors with a JSON config; the same
+network is also shipped as ONNX (``scene_segmenter.onnx``) for the generic onnx plugin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gdx
+from gdx.checkpoints import existing_file, load_safetensors_file
+from gdx.errors import CheckpointError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class SceneSegment(nn.Module):
+    """Images N x 3 x H x W in [-1, 1] -> labels N x H x W (argmax of the network's logits).
+
+    The network needs sides that are multiples of 16; other sizes are resized to the next
+    multiple and the logits resized back, so the labels always match the input size.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net.eval()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        hh, ww = -(-h // 16) * 16, -(-w // 16) * 16
+        x = images.clamp(-1, 1)
+        if (hh, ww) != (h, w):
+            x = F.interpolate(x, size=(hh, ww), mode="bilinear", align_corners=False)
+        logits = self.net(x)
+        if (hh, ww) != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits.argmax(1)
+
+
+def build_scene(weights: str = "") -> gdx.Segmenter:
+    """Bundled U-Net (MobileNetV3-small) for the scene world's 14 concepts; 64x64 input."""
+    from gdx.scenes.models import SceneSegmenterNet
+
+    what = "scene segmenter weights"
+    path = existing_file(Path(weights) if weights else WEIGHTS_DIR / "scene_segmenter.safetensors", what=what)
+    config_path = path.with_suffix(".json")
+    if not config_path.exists():
+        raise CheckpointError(
+            f"{what}: {config_path} (the config beside the weights) is missing; export again with "
+            "python -m gdx.scenes.train_segmenter --export, which writes both files."
+        )
+    config = json.loads(config_path.read_text())
+    labels = list(config["labels"])
+    net = SceneSegmenterNet(len(labels), config)
+    try:
+        net.load_state_dict(load_safetensors_file(path, what=what))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what}: {path} does not match {config_path}: {str(exc)[:200]}") from None
+    return gdx.wrap_segmenter(
+        SceneSegment(net),
+        labels=labels,
+        categories=config["categories"],
+        name="scene",
+        input_size=tuple(config["input_size"]),
+    )
+
+
+@gdx.hookimpl
+def register_segmenters(register):
+    register("scene", build_scene)
