@@ -287,3 +287,18 @@ def test_malformed_edit_requests_never_5xx(client, body, raw, ctype):
         assert r.json()["image"].startswith("data:image/png;base64,")
     else:
         assert 400 <= r.status_code < 500 and r.json()["detail"]
+
+
+def test_saved_causal_ranking_orders_units(tmp_path):
+    from gdx.causal import UnitRanking
+
+    run = make_run(tmp_path / "run", "toy", "toy", "features", samples=60)
+    scores = torch.full((10,), -1.0)
+    scores[5], scores[1], scores[7] = 3.0, 2.0, 1.0
+    UnitRanking(layer="features", concept="tree", method="ace", scores=scores).save(run / "features" / "tree_rank.json")
+    eng = engine_from_run(run)
+    assert eng.concepts["tree"].method == "ace" and eng.concepts["tree"].units[:3] == (5, 1, 7)
+    assert eng.concepts["sun"].method == "iou"
+    with TestClient(create_app(eng)) as c:
+        tree = next(x for x in c.get("/api/info").json()["concepts"] if x["name"] == "tree")
+    assert tree["method"] == "ace" and tree["units"][:3] == [5, 1, 7]

@@ -58,24 +58,39 @@ class Concept:
     units: tuple[int, ...]
     ious: tuple[float, ...]
     labelled: int  # units whose best concept this is (the dissection's count)
+    method: str = "iou"  # how ``units`` are ranked: "iou", or a saved ranking's method ("alpha", "ace")
 
 
-def rank_concepts(dissection: Dissection, *, iou_min: float | None = None, max_units: int = MAX_UNITS) -> list[Concept]:
+def rank_concepts(
+    dissection: Dissection,
+    *,
+    iou_min: float | None = None,
+    max_units: int = MAX_UNITS,
+    rankings: dict[str, tuple[str, list[int]]] | None = None,
+) -> list[Concept]:
     """Concepts with at least one unit whose IoU with them exceeds ``iou_min``.
 
-    Sorted by the number of units labelled with the concept, then by best IoU.
+    Units are ranked by IoU, or, for concepts in ``rankings`` (``{concept: (method,
+    units best first)}``, e.g. from a saved :class:`gdx.causal.UnitRanking`), in that
+    order. Sorted by the number of units labelled with the concept, then by best IoU.
     """
     cut = dissection.settings.iou_min if iou_min is None else iou_min
     counts = dissection.summary().per_concept
+    rankings = rankings or {}
     out = []
     for c, name in enumerate(dissection.labels):
         col = dissection.iou[:, c].float()
-        order = torch.argsort(col, descending=True, stable=True)[:max_units]
-        units = [int(u) for u in order.tolist() if float(col[u]) > cut]
+        method = "iou"
+        if name in rankings:
+            method, ranked = rankings[name]
+            units = [int(u) for u in ranked if 0 <= int(u) < dissection.units][:max_units]
+        else:
+            order = torch.argsort(col, descending=True, stable=True)[:max_units]
+            units = [int(u) for u in order.tolist() if float(col[u]) > cut]
         if not units:
             continue
         out.append(Concept(name, dissection.categories.get(name, "concept"), tuple(units),
-                           tuple(round(float(col[u]), 4) for u in units), int(counts.get(name, 0))))
+                           tuple(round(float(col[u]), 4) for u in units), int(counts.get(name, 0)), method))
     return sorted(out, key=lambda k: (-k.labelled, -k.ious[0], k.name))
 
 
@@ -83,14 +98,14 @@ class PaintEngine:
     """Serves edited images of one generator layer; thread-safe (one forward at a time)."""
 
     def __init__(self, generator: Generator, dissection: Dissection, quantiles: torch.Tensor, *,
-                 max_units: int = MAX_UNITS) -> None:
+                 max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None) -> None:
         self.generator = generator
         self.dissection = dissection
         self.layer = dissection.layer
         self.quantiles = torch.as_tensor(quantiles, dtype=torch.float32).reshape(-1)
         if self.quantiles.numel() != dissection.units:
             raise PaintError(f"{self.quantiles.numel()} quantiles for {dissection.units} units of {self.layer!r}")
-        self.concepts = {c.name: c for c in rank_concepts(dissection, max_units=max_units)}
+        self.concepts = {c.name: c for c in rank_concepts(dissection, max_units=max_units, rankings=rankings)}
         self.lock = threading.Lock()
         with self.lock, torch.no_grad(), Trace(generator.module, self.layer) as tr:
             image = generator.generate(self.latent(0))
@@ -99,10 +114,10 @@ class PaintEngine:
 
     @classmethod
     def build(cls, generator: Generator, dissection: Dissection, *, samples: int = 200, seed: int = 0,
-              max_units: int = MAX_UNITS) -> "PaintEngine":
+              max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None) -> "PaintEngine":
         """Compute each unit's 0.99 quantile (the "draw" value) from ``samples`` samples, then build."""
         q = unit_quantiles(generator, dissection.layer, 0.99, samples=samples, seed=seed)
-        return cls(generator, dissection, q, max_units=max_units)
+        return cls(generator, dissection, q, max_units=max_units, rankings=rankings)
 
     @property
     def default_units(self) -> int:

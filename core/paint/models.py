@@ -67,9 +67,30 @@ def quick_dissection(gen_name: str, seg_name: str, gen_opts: tuple[str, ...], se
     return folder
 
 
+def saved_rankings(run_dir: Path, layer: str) -> dict[str, tuple[str, list[int]]]:
+    """Unit rankings saved under the run folder for ``layer`` (``gdx.causal.UnitRanking.save``).
+
+    When a concept has several, the causal ones win: alpha over ace over iou.
+    """
+    from gdx.report.causal import find_causal_results
+
+    preference = {"alpha": 0, "ace": 1, "iou": 2}
+    out: dict[str, tuple[str, list[int]]] = {}
+    found = find_causal_results(run_dir).get(layer)
+    for r in sorted(found.rankings if found else [], key=lambda r: -preference.get(str(r.get("method")), 3)):
+        scores = [float(x) for x in r.get("scores") or []]
+        order = sorted(range(len(scores)), key=lambda u: (-scores[u], u))
+        out[str(r.get("concept"))] = (str(r.get("method", "ranking")), [u for u in order if scores[u] > float("-inf")])
+    return out
+
+
 def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator=None,
                     quantile_samples: int = 200) -> PaintEngine:
-    """A :class:`PaintEngine` for ``layer`` of the run in ``run_dir`` (generator rebuilt from run.json)."""
+    """A :class:`PaintEngine` for ``layer`` of the run in ``run_dir`` (generator rebuilt from run.json).
+
+    Concepts with a unit ranking saved in the run folder (e.g. the learned alpha of
+    ``gdx.optimize_units``) use it; the others use the dissection's IoU ranking.
+    """
     from gdx.cli import build_adapter
 
     folder = Path(run_dir)
@@ -77,4 +98,5 @@ def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator=
     dissection = Dissection.load(folder / layer)
     if generator is None:
         generator = build_adapter("generator", manifest["generator"], tuple(manifest.get("generator_options") or ()))
-    return PaintEngine.build(generator, dissection, samples=quantile_samples, seed=int(manifest.get("seed", 0)))
+    return PaintEngine.build(generator, dissection, samples=quantile_samples, seed=int(manifest.get("seed", 0)),
+                             rankings=saved_rankings(folder, layer))

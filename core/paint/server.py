@@ -79,6 +79,7 @@ class ConceptOut(BaseModel):
     units: list[int]
     ious: list[float]
     labelled: int
+    method: str = Field(description="how units are ranked: iou, or a saved ranking (alpha, ace)")
 
 
 class InfoOut(BaseModel):
@@ -212,7 +213,7 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
             grid=list(engine.grid), units=engine.dissection.units, default_units=engine.default_units,
             max_units=MAX_UNITS, max_strokes=MAX_STROKES, max_mask_side=MAX_MASK_SIDE,
             concepts=[ConceptOut(name=c.name, category=c.category, units=list(c.units), ious=list(c.ious),
-                                 labelled=c.labelled) for c in engine.concepts.values()],
+                                 labelled=c.labelled, method=c.method) for c in engine.concepts.values()],
         )
 
     @app.get("/api/sample/{sample}.png", summary="An unedited sample as PNG",

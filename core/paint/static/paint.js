@@ -166,7 +166,8 @@
     info.concepts.forEach(function (c) {
       var b = document.createElement("button");
       b.type = "button"; b.textContent = c.name; b.dataset.concept = c.name;
-      b.title = c.category + ": " + c.units.length + " units with IoU > cut-off (best " + c.ious[0].toFixed(3) + ")";
+      b.title = c.category + ": " + c.units.length + " units ranked by " + c.method + " (best IoU " +
+        c.ious[0].toFixed(3) + ")";
       b.addEventListener("click", function () { pickConcept(c.name); });
       box.appendChild(b);
     });
