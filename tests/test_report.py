@@ -109,7 +109,7 @@ def test_causal_results_appear(toy_run, tmp_path):
         assert len(found["features"].curves) == 1 and len(found["features"].effects) == 1
         index = write_report(toy_run, tmp_path / "r", images=False)
         text = index.read_text()
-        assert "Causal effects" in text and "tree: top-n units" in text
+        assert "Causal effects" in text and "tree: features/causal/tree_curve.json" in text
         assert f"{effect.ace:.3f}" in text and "<polyline" in text
     finally:
         import shutil

@@ -128,7 +128,8 @@ def causal_section(results: CausalResults | None) -> str:
             xs = c.get("n") or list(range(1, len(c.get("removed") or []) + 1))
             figs.append(line_chart(
                 xs, {"removed": c.get("removed"), "added": c.get("added"), "ACE": c.get("ace")},
-                title=f"{concept}: top-n units ({c.get('samples', '?')} samples)", x_label="units ablated / inserted",
+                title=f"{concept}: {c.get('_file', '')} ({c.get('samples', '?')} samples)",
+                x_label="top-n units ablated / inserted",
             ))
         rows = []
         for e in results.effects:
