@@ -136,10 +136,11 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace a finished or unfinished run in --out.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Processes to launch with torchrun (or start gdx under torchrun yourself).")
+@click.option("--report", "make_report", is_flag=True, help="Also write the HTML report to OUT/report.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
 def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed, threshold, out, top,
-        checkpoint_every, resume, overwrite, workers, quiet):
+        checkpoint_every, resume, overwrite, workers, make_report, quiet):
     """Dissect generator layers: which units match which concepts (SPEC §1)."""
     import shutil
 
@@ -200,6 +201,11 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
         if rows:
             click.echo(format_table(rows, header))
     click.echo(f"\nwrote {out_dir} in {time.time() - started:.1f} s", err=True)
+    if make_report:
+        from gdx.report import write_report
+
+        page = write_report(out_dir, generator=generator)
+        click.echo(f"report: {page}", err=True)
 
 
 def relaunch_with_torchrun(workers: int) -> None:
@@ -317,6 +323,18 @@ def show(run_dir, top):
         rows = [[str(u.unit), u.label, f"{u.iou:.3f}"] for u in d.interpretable()[:top]]
         if rows:
             click.echo(format_table(rows, ["unit", "concept", "IoU"]))
+
+
+def _attach_builtin_commands() -> None:
+    """Commands that live in their own modules (intervention, report, paint)."""
+    import importlib
+
+    for modname in ("gdx.intervene_cli", "gdx.report_cli", "gdx.paint_cli"):
+        for command in importlib.import_module(modname).COMMANDS:
+            cli.add_command(command)
+
+
+_attach_builtin_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

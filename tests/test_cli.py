@@ -30,6 +30,12 @@ def test_run_writes_results_and_prints_table(tmp_path):
     assert invoke("show", str(out)).exit_code == 0
 
 
+def test_run_with_report(tmp_path):
+    r = invoke("run", "--samples", "20", "--quiet", "--out", str(tmp_path), "--report")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "report" / "index.html").exists()
+
+
 def test_run_iqr_and_several_layers(tmp_path):
     r = invoke("run", "--samples", "30", "--quiet", "--out", str(tmp_path), "--threshold", "iqr",
                "--layer", "features", "--layer", "decoder")
