@@ -64,13 +64,18 @@
     return { x: (e.clientX - rect.left) * DISPLAY / rect.width, y: (e.clientY - rect.top) * DISPLAY / rect.height };
   }
 
-  function strokePath(c, points, scale, radius) {
-    c.lineCap = "round"; c.lineJoin = "round"; c.lineWidth = 2 * radius * scale;
+  // Draw a round-capped polyline; (sx, sy) map display pixels to the target canvas (the
+  // display is square, the image need not be).
+  function strokePath(c, points, sx, sy, radius) {
+    c.save();
+    c.scale(sx, sy);
+    c.lineCap = "round"; c.lineJoin = "round"; c.lineWidth = 2 * radius;
     c.beginPath();
-    c.moveTo(points[0].x * scale, points[0].y * scale);
-    points.forEach(function (p) { c.lineTo(p.x * scale, p.y * scale); });
-    if (points.length === 1) { c.lineTo(points[0].x * scale + 0.01, points[0].y * scale); }
+    c.moveTo(points[0].x, points[0].y);
+    points.forEach(function (p) { c.lineTo(p.x, p.y); });
+    if (points.length === 1) { c.lineTo(points[0].x + 0.01, points[0].y); }
     c.stroke();
+    c.restore();
   }
 
   // Rasterise the stroke at the image's own size and pack it MSB-first, row-major (numpy packbits).
@@ -79,7 +84,7 @@
     var off = document.createElement("canvas"); off.width = w; off.height = h;
     var c = off.getContext("2d");
     c.strokeStyle = "#000";
-    strokePath(c, points, w / DISPLAY, radius);
+    strokePath(c, points, w / DISPLAY, h / DISPLAY, radius);
     var alpha = c.getImageData(0, 0, w, h).data;
     var bytes = new Uint8Array(Math.ceil(w * h / 8));
     for (var i = 0; i < w * h; i++) {
@@ -94,7 +99,7 @@
     ctx.clearRect(0, 0, DISPLAY, DISPLAY);
     state.strokes.forEach(function (s) {
       ctx.strokeStyle = s.mode === "draw" ? "rgba(255,111,0,0.25)" : "rgba(0,120,255,0.25)";
-      strokePath(ctx, s.points, 1, s.radius);
+      strokePath(ctx, s.points, 1, 1, s.radius);
     });
   }
 
@@ -133,7 +138,7 @@
     if (!state.drawing) { return; }
     var p = toCanvas(e); state.points.push(p);
     ctx.strokeStyle = mode() === "draw" ? "rgba(255,111,0,0.25)" : "rgba(0,120,255,0.25)";
-    strokePath(ctx, state.points.slice(-2), 1, brushRadius());
+    strokePath(ctx, state.points.slice(-2), 1, 1, brushRadius());
   });
   function finish() {
     if (!state.drawing) { return; }
