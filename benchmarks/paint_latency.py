@@ -83,7 +83,8 @@ def body(info: dict, rng: random.Random) -> dict:
         "mask": {"width": w, "height": h, "bits": base64.b64encode(np.packbits(mask)).decode()}}]}
 
 
-def timed_requests(url: str, info: dict, n: int, seed: int, out: list[float]) -> None:
+def timed_requests(url: str, info: dict, n: int, seed: int, out: list[float],
+                   server: list[float] | None = None) -> None:
     import httpx
 
     rng = random.Random(seed)
@@ -96,12 +97,15 @@ def timed_requests(url: str, info: dict, n: int, seed: int, out: list[float]) ->
             if r.status_code != 200:
                 raise RuntimeError(f"edit failed: {r.status_code} {r.text[:200]}")
             out.append(dt * 1000)
+            if server is not None:
+                server.append(float(r.json()["milliseconds"]))
 
 
-def stats(name: str, ms: list[float], wall: float) -> dict:
-    a = np.asarray(ms)
+def stats(name: str, ms: list[float], wall: float, server: list[float]) -> dict:
+    a, s = np.asarray(ms), np.asarray(server)
     return {"scenario": name, "requests": len(a), "p50_ms": float(np.percentile(a, 50)),
-            "p95_ms": float(np.percentile(a, 95)), "max_ms": float(a.max()), "req_per_s": len(a) / wall}
+            "p95_ms": float(np.percentile(a, 95)), "max_ms": float(a.max()), "req_per_s": len(a) / wall,
+            "server_p50_ms": float(np.percentile(s, 50)), "server_p95_ms": float(np.percentile(s, 95))}
 
 
 def main() -> None:
@@ -145,18 +149,20 @@ def main() -> None:
         warm: list[float] = []
         timed_requests(url, info, 10, seed=99, out=warm)
         single: list[float] = []
+        single_server: list[float] = []
         t0 = time.perf_counter()
-        timed_requests(url, info, args.requests, seed=0, out=single)
-        rows = [stats("1 client", single, time.perf_counter() - t0)]
+        timed_requests(url, info, args.requests, seed=0, out=single, server=single_server)
+        rows = [stats("1 client", single, time.perf_counter() - t0, single_server)]
         many: list[float] = []
-        threads = [threading.Thread(target=timed_requests, args=(url, info, args.per_client, i + 1, many))
+        many_server: list[float] = []
+        threads = [threading.Thread(target=timed_requests, args=(url, info, args.per_client, i + 1, many, many_server))
                    for i in range(args.clients)]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        rows.append(stats(f"{args.clients} clients", many, time.perf_counter() - t0))
+        rows.append(stats(f"{args.clients} clients", many, time.perf_counter() - t0, many_server))
     finally:
         server.terminate()
         server.wait(10)
@@ -165,10 +171,13 @@ def main() -> None:
     print(f"\ngdx paint edit round trip over HTTP: generator {info['generator']} ({w}x{h}), layer {info['layer']} "
           f"({info['units']} units), {info['default_units']} units per stroke, torch threads {args.threads}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"{'scenario':<12} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'req/s':>8}")
+    print("round trip = client sends the stroke .. client has the PNG; server = edit handler only "
+          "(mask decoding, forward, PNG)")
+    print(f"{'scenario':<12} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'req/s':>8} "
+          f"{'server p50':>10} {'server p95':>10}")
     for r in rows:
         print(f"{r['scenario']:<12} {r['requests']:>8} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['max_ms']:>8.1f} "
-              f"{r['req_per_s']:>8.1f}")
+              f"{r['req_per_s']:>8.1f} {r['server_p50_ms']:>10.1f} {r['server_p95_ms']:>10.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"world": world, "info": {k: info[k] for k in (
             "generator", "layer", "image_size", "units", "default_units")}, "rows": rows}, indent=2))

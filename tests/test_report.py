@@ -144,3 +144,15 @@ def test_cli_report_and_compare(toy_run, tmp_path):
     res = runner.invoke(compare, [str(toy_run), str(toy_run / "features"), "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c" / "index.html").is_file()
+
+
+def test_iqr_run_shows_iqr_column(tmp_path):
+    gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
+    d = gdx.dissect(gen, seg, "features", samples=60, threshold="iqr", progress=False)
+    d.save(tmp_path / "features")
+    (tmp_path / "run.json").write_text(json.dumps({"generator": "toy", "segmenter": "toy", "layers": ["features"],
+                                                   "samples": 60, "seed": 0, "threshold": "iqr"}))
+    text = write_report(tmp_path, tmp_path / "r", images=False).read_text()
+    assert ">IQR</th>" in text
+    best = max(d.unit_labels, key=lambda u: u.iou)
+    assert f"<td>{best.iqr:.3f}</td>" in text
