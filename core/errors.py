@@ -70,3 +70,7 @@ class CheckpointError(GdxError, ValueError):
 
 class ResultFormatError(GdxError, ValueError):
     """A saved result that cannot be read back (missing file, wrong version)."""
+
+
+class MissingDependencyError(GdxError, ImportError):
+    """An optional package an adapter or command needs is not installed (names the extra)."""

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from gdx.errors import GdxError
+from gdx.errors import GdxError, MissingDependencyError
 
 
 def friendly_errors(fn):
@@ -43,7 +43,9 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, host, port, ope
 
         from gdx.paint.server import create_app
     except ImportError as exc:
-        raise GdxError(f"gdx paint needs the 'paint' extra ({exc.name} is missing): pip install 'gdx[paint]'") from None
+        raise MissingDependencyError(
+            f"gdx paint needs the 'paint' extra ({exc.name} is missing): pip install 'gdx[paint]'"
+        ) from None
     import torch
 
     from gdx.cli import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered

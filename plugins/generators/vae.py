@@ -31,16 +31,12 @@ import torch
 from torch import nn
 
 import gdx
-from gdx.errors import AdapterOptionError, CheckpointError, GdxError
+from gdx.errors import AdapterOptionError, CheckpointError, GdxError, MissingDependencyError
 from gdx.interfaces import Generator
 from gdx.plugins.generators.sniff import describe_keys
 
 WHAT = "vae weights"
 SUPPORTED = ("AutoencoderKL", "AutoencoderTiny")
-
-
-class MissingDependencyError(GdxError, ImportError):
-    """An optional package an adapter needs is not installed."""
 
 
 def _import_diffusers() -> Any:
