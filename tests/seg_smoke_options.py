@@ -42,6 +42,7 @@ def _onnx(tmp: Path) -> dict[str, Any]:
 
 SEGMENTER_OPTIONS: dict[str, OptionsFn] = {
     "toy": lambda tmp: {},
+    "scene": lambda tmp: {},  # the bundled weights
     "upernet": _upernet,
     "deeplab": _deeplab,
     "onnx": _onnx,
