@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1)
     p.add_argument("--method", default="alpha", choices=["alpha", "iou", "ace"])
+    p.add_argument("--mode", default="image", choices=["image", "cell"], help="alpha objective (optimize_units)")
+    p.add_argument("--insert-weight", type=float, default=1.0, help="weight of the insertion term (0: ablation only)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plugin", action="append", default=[],
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     import importlib
 
-    extra = [importlib.import_module(m) for m in args.plugin]
+    extra = [importlib.import_module(m) for m in args.plugin if m not in gdx.manager.DEFAULT_PLUGINS]
     reg = gdx.PluginRegistry(plugins=extra) if extra else gdx.default_registry()
     gen = reg.build("generator", args.gen, **gdx.manager.parse_options(reg.info("generator", args.gen), args.gen_opt))
     seg = reg.build("segmenter", args.seg, **gdx.manager.parse_options(reg.info("segmenter", args.seg), args.seg_opt))
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     table = removal_table(
         gen, seg, args.layer, concepts, top=args.top, method=args.method, samples=args.samples, seed=args.seed,
         eval_seed=args.eval_seed, epochs=args.epochs, init=dissection, batch_size=args.batch_size,
-        probs=soft_probs(seg) if args.method == "alpha" else None, progress=lambda s: print(f"[{time.time() - started:.0f} s] {s}", flush=True),
+        probs=soft_probs(seg) if args.method == "alpha" else None,
+        **({"mode": args.mode, "insert_weight": args.insert_weight} if args.method == "alpha" else {}),
+        progress=lambda s: print(f"[{time.time() - started:.0f} s] {s}", flush=True),
     )
     table.save(out / "removal_table.json")
     markdown = table.to_markdown()

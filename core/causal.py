@@ -508,6 +508,7 @@ def optimize_units(
     probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     mode: str = "image",
     probes: int = 5,
+    insert_weight: float = 1.0,
 ) -> UnitRanking:
     """Learn the soft unit mask alpha in [0, 1]^U that best removes and inserts ``concept``.
 
@@ -526,6 +527,7 @@ def optimize_units(
     ``mode="cell"`` is the reference's recipe: ablate in the cell where the concept
     covers most (``ploc``) and read ``p_c`` there; insert in the best of ``probes``
     random concept-free cells (``cloc``) of samples where insertion works there.
+    ``insert_weight`` scales the insertion term (0 learns from ablation alone).
 
     The reference code (gandissect ``aceoptimize.ace_loss``) reads the insertion term
     at ``ploc``, the *ablation* sample's cell, instead of ``cloc`` where it inserted;
@@ -606,7 +608,10 @@ def optimize_units(
                 cz = c_order[:group]
             grad = torch.zeros_like(alpha)
             step_loss = 0.0
-            for part, sign, insert, cells in ((pz, 1.0, False, p_cells), (cz, -1.0, True, c_cells)):
+            terms = [(pz, 1.0, False, p_cells)]
+            if insert_weight:
+                terms.append((cz, -float(insert_weight), True, c_cells))
+            for part, sign, insert, cells in terms:
                 for s in range(0, part.numel(), bs):
                     term = sign * concept_prob(part[s : s + bs], insert, cells).sum()
                     (g,) = torch.autograd.grad(term, [alpha])
@@ -749,13 +754,15 @@ def removal_table(
     batch_size: int | None = None,
     probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
+    **optimize_options: Any,
 ) -> RemovalTable:
     """For each concept: rank units (``method`` "alpha", "iou" or "ace") on samples of
     ``seed``, then measure on held-out samples of ``eval_seed`` the fraction of its
     pixels removed by ablating the top ``top`` units vs. ``top`` random units
     (``control_seed``), and the largest change of any other concept.
     ``init`` (a Dissection) seeds alpha and is required for ``method="iou"``;
-    ``probs`` is passed to :func:`optimize_units`.
+    ``probs`` and ``optimize_options`` (``mode``, ``insert_weight``, ``lr``...) are passed
+    to :func:`optimize_units`.
     """
     rows = []
     n_units = None
@@ -765,7 +772,7 @@ def removal_table(
         if method == "alpha":
             ranking = optimize_units(
                 generator, segmenter, layer, concept, samples=samples, seed=seed, epochs=epochs, init=init,
-                batch_size=batch_size, probs=probs,
+                batch_size=batch_size, probs=probs, **optimize_options,
             )
         elif method == "iou":
             if init is None:
