@@ -13,8 +13,48 @@ from typing import Any
 import click
 import torch
 
-from gdx.cli import build_adapter, first_registered, friendly_errors, load_models, model_options, DEFAULT_GENERATORS
 from gdx.errors import GdxError
+
+# gdx.cli imports this module to attach COMMANDS, so its helpers are reached at call
+# time (not import time): either module can then be imported first.
+
+
+def friendly_errors(fn):
+    """gdx's own errors become one-line ``click.ClickException`` s (as in ``gdx run``)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GdxError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def model_options(fn):
+    """The model options of ``gdx run``: --gen, --seg, --gen-opt, --seg-opt, --device."""
+    decorators = [
+        click.option("--gen", "gen", default=None, help="Registered generator (see 'gdx generators'). Default: scene, else toy."),
+        click.option("--seg", "seg", default=None, help="Registered segmenter (see 'gdx segmenters')."),
+        click.option("--gen-opt", "gen_opts", multiple=True, metavar="KEY=VALUE", help="Generator option, repeatable."),
+        click.option("--seg-opt", "seg_opts", multiple=True, metavar="KEY=VALUE", help="Segmenter option, repeatable."),
+        click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: where the model is)."),
+    ]
+    for deco in reversed(decorators):
+        fn = deco(fn)
+    return fn
+
+
+def load_models(gen, seg, gen_opts, seg_opts, device=None):
+    from gdx.cli import load_models as _load
+
+    gen_name, seg_name, generator, segmenter = _load(gen, seg, gen_opts, seg_opts)
+    if device:
+        generator.to(device)
+        segmenter.to(device)
+    return gen_name, seg_name, generator, segmenter
 
 
 def _layer(generator: Any, layer: str | None) -> str:
@@ -136,7 +176,7 @@ def ace(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, 
     """Causal effect of units on a concept: removed, added, ACE (SPEC §2)."""
     from gdx.causal import EffectRunner, cumulative_effect, random_units
 
-    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
     layer = _layer(generator, layer)
     chosen, ranking = _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top,
                                     samples, seed, _say)
@@ -181,7 +221,7 @@ def optimize(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_s
     """Learn the soft unit mask alpha that best removes/inserts a concept (SPEC §2)."""
     from gdx.causal import cumulative_effect, optimize_units
 
-    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
     layer = _layer(generator, layer)
     init = _dissection_for(run_dir, layer) if run_dir else None
     ranking = optimize_units(generator, segmenter, layer, concept, samples=samples, seed=seed, epochs=epochs, lr=lr,
@@ -212,7 +252,7 @@ def locate(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_siz
     """Where can a concept go? Insert its units at each cell of one sample and map the gain."""
     from gdx.causal import location_map
 
-    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
     layer = _layer(generator, layer)
     chosen, _ = _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top, samples, seed,
                               _say)
@@ -283,8 +323,12 @@ def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed,
     from gdx.plugins.metrics.frechet import FrechetDistance, InceptionFeatures, segmenter_features
     from gdx.repair import find_artifact_units
 
+    from gdx.cli import DEFAULT_GENERATORS, build_adapter, first_registered
+
     gen_name = gen or first_registered("generator", DEFAULT_GENERATORS)
     generator = build_adapter("generator", gen_name, gen_opts)
+    if device:
+        generator.to(device)
     layer = _layer(generator, layer)
     with torch.no_grad():
         size = tuple(generator.generate(generator.sample_latents(1, seed=seed).to(generator.device)).shape[-2:])
@@ -296,7 +340,7 @@ def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed,
             raise GdxError("--features inception needs --weights PATH (torchvision Inception-v3 weights; nothing is downloaded)")
         extractor = InceptionFeatures(weights)
     else:
-        _, _, _, segmenter = load_models(gen_name, seg, gen_opts, seg_opts)
+        _, _, _, segmenter = load_models(gen_name, seg, gen_opts, seg_opts, device)
         extractor = segmenter_features(segmenter)
     metric = FrechetDistance(extractor)
     rep = find_artifact_units(generator, layer, metric=metric, real=images.split(64), samples=samples, seed=seed,
@@ -328,7 +372,7 @@ def removal_table_cmd(gen, seg, gen_opts, seg_opts, device, layer, samples, seed
     """The paper's table: fraction of each concept removed by its top units vs random units."""
     from gdx.causal import removal_table
 
-    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
+    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
     layer = _layer(generator, layer)
     init = _dissection_for(run_dir, layer) if run_dir else None
     table = removal_table(generator, segmenter, layer, [c.strip() for c in concepts.split(",") if c.strip()],
