@@ -108,6 +108,7 @@ def test_paint_tree_and_remove_it_in_chromium(world):
     from gdx.paint.server import create_app
 
     engine, seg, ground = world
+    assert "tree" in engine.concepts, f"no unit of {engine.layer} matches tree; paintable: {list(engine.concepts)}"
     tree = list(seg.labels).index("tree")
     h, w = engine.image_size
     size, margin = max(4, round(h * 0.3)), max(2, round(h / 8))
