@@ -459,6 +459,16 @@ def _coverage(generator: Generator, segmenter: Segmenter, index: int, z_all: tor
 
 
 @torch.no_grad()
+def _pixel_masks(generator: Generator, segmenter: Segmenter, index: int, z_all: torch.Tensor, bs: int) -> torch.Tensor:
+    """Where the concept is in each unedited sample, N x H' x W' bool (segmentation size)."""
+    out = []
+    for start in range(0, z_all.shape[0], bs):
+        images = generator.generate(z_all[start : start + bs].to(generator.device))
+        out.append(concept_mask(segment_images(segmenter, images), index).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def _candidate_cells(
     generator: Generator, segmenter: Segmenter, layer: str, index: int, z_all: torch.Tensor, cover: torch.Tensor,
     k: torch.Tensor, probes: int, seed: int, bs: int,
@@ -509,6 +519,7 @@ def optimize_units(
     mode: str = "image",
     probes: int = 5,
     insert_weight: float = 1.0,
+    ablation_read: str = "concept",
 ) -> UnitRanking:
     """Learn the soft unit mask alpha in [0, 1]^U that best removes and inserts ``concept``.
 
@@ -522,8 +533,12 @@ def optimize_units(
     initialised from the normalised IoU column when ``init`` (a Dissection, a
     units x labels tensor, or a U-vector) is given, else zeros.
 
-    ``mode="image"`` (default) edits the whole image and reads ``p_c`` averaged over it
-    (ablation on every sample that contains the concept, insertion on every sample).
+    ``mode="image"`` (default) edits the whole image: ablation on every sample that
+    contains the concept, read as the mean of ``p_c`` over the concept's own pixels in
+    the unedited sample (``ablation_read="concept"``: the share of the concept that
+    survives; ``"image"`` averages over the whole image instead, which lets the
+    insertion term dominate for small concepts); insertion on every sample, read as
+    the mean of ``p_c`` over the image.
     ``mode="cell"`` is the reference's recipe: ablate in the cell where the concept
     covers most (``ploc``) and read ``p_c`` there; insert in the best of ``probes``
     random concept-free cells (``cloc``) of samples where insertion works there.
@@ -538,6 +553,8 @@ def optimize_units(
     """
     if mode not in ("image", "cell"):
         raise InterventionError(f"unknown mode {mode!r}: use 'image' or 'cell'")
+    if ablation_read not in ("concept", "image"):
+        raise InterventionError(f"unknown ablation_read {ablation_read!r}: use 'concept' or 'image'")
     runner = EffectRunner(
         generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size, value=value
     )
@@ -566,6 +583,9 @@ def optimize_units(
                 f"inserting {runner.concept!r} in {probes} random cells of {samples} samples never added it; "
                 "use mode='image', more samples or more probes"
             )
+    masks: torch.Tensor | None = None
+    if mode == "image" and ablation_read == "concept":
+        masks = _pixel_masks(generator, segmenter, c, z_all, bs)
     prob_fn = probs or (lambda x: segment_probs(segmenter, x))
     alpha = _normalised_init(init, concept, segmenter.labels, n_units).to(generator.device).requires_grad_(True)
     opt = torch.optim.Adam([alpha], lr=lr)
@@ -586,7 +606,13 @@ def optimize_units(
             images = generator.generate(z)
         p = prob_fn(images)[:, c]
         if cells is None:
-            return p.mean(dim=(-2, -1))  # per-sample mean probability over the image
+            if insert or masks is None:
+                return p.mean(dim=(-2, -1))  # per-sample mean probability over the image
+            m = masks[ids].to(p)
+            if m.shape[-2:] != p.shape[-2:]:
+                m = F.interpolate(m[:, None], size=p.shape[-2:], mode="nearest")[:, 0]
+            # the share of the concept's own pixels that survives the ablation
+            return (p * m).sum(dim=(-2, -1)) / m.sum(dim=(-2, -1)).clamp(min=1)
         pooled = F.adaptive_avg_pool2d(p[:, None], grid).flatten(1)
         return pooled.gather(1, cells[ids].to(pooled.device)[:, None])[:, 0]  # read where the edit was made
 
