@@ -69,9 +69,9 @@ def gather_states(world: World, state: dict[str, torch.Tensor], *, to_all: bool)
         out: list[Any] = [None] * world.size
         dist.all_gather_object(out, cpu_state)
         return out
-    out = [None] * world.size if world.is_main else None
-    dist.gather_object(cpu_state, out, dst=0)
-    return out or []
+    gathered: list[Any] | None = [None] * world.size if world.is_main else None
+    dist.gather_object(cpu_state, gathered, dst=0)
+    return gathered or []
 
 
 def barrier(world: World) -> None:

@@ -90,7 +90,8 @@ class PointSample:
     """
 
     def __init__(self, units: int, out_size: tuple[int, int], *, size: int = 16384, seed: int = 0) -> None:
-        self.units, self.out_size, self.size, self.seed = units, tuple(out_size), int(size), int(seed)
+        self.units, self.size, self.seed = units, int(size), int(seed)
+        self.out_size: tuple[int, int] = (int(out_size[0]), int(out_size[1]))
         self.keys = torch.empty(0, dtype=torch.int64)
         self.values = torch.empty(0, units)
 
