@@ -45,3 +45,55 @@ class SceneSegmenterNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class _UpConv(nn.Module):
+    """(optional nearest 2x up) -> 3x3 conv -> BatchNorm -> LeakyReLU(0.2)."""
+
+    def __init__(self, cin: int, cout: int, up: bool) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest") if up else nn.Identity()
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.norm = nn.BatchNorm2d(cout)
+        self.relu = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.norm(self.conv(self.up(x))))
+
+
+class _Project(nn.Module):
+    """Latent N x z -> N x C x 4 x 4 (linear, BatchNorm, LeakyReLU)."""
+
+    def __init__(self, z_dim: int, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(z_dim, channels * 16, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+        self.relu = nn.LeakyReLU(0.2)
+        self.channels = channels
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.norm(self.fc(z.flatten(1)).view(-1, self.channels, 4, 4)))
+
+
+class SceneVAEDecoder(nn.Sequential):
+    """The scene VAE's decoder: z (N x z_dim) -> image N x 3 x 64 x 64 in about [-1, 1].
+
+    Layers ``layer1`` (4x4), ``layer2`` (4x4), ``layer3``/``layer4`` (8x8),
+    ``layer5``/``layer6`` (16x16), ``layer7`` (32x32), ``layer8`` (64x64), ``output``
+    (tanh). BatchNorm trains this plain conv decoder quickly and reliably on a CPU budget.
+    """
+
+    def __init__(self, z_dim: int = 64, widths: tuple[int, ...] = (256, 128, 64, 32, 16)) -> None:
+        w4, w8, w16, w32, w64 = widths
+        super().__init__()
+        self.add_module("layer1", _Project(z_dim, w4))
+        self.add_module("layer2", _UpConv(w4, w4, up=False))
+        self.add_module("layer3", _UpConv(w4, w8, up=True))
+        self.add_module("layer4", _UpConv(w8, w8, up=False))
+        self.add_module("layer5", _UpConv(w8, w16, up=True))
+        self.add_module("layer6", _UpConv(w16, w16, up=False))
+        self.add_module("layer7", _UpConv(w16, w32, up=True))
+        self.add_module("layer8", _UpConv(w32, w64, up=True))
+        self.add_module("output", nn.Sequential(nn.Conv2d(w64, 3, 3, 1, 1), nn.Tanh()))
+        self.z_dim = z_dim
+        self.widths = list(widths)

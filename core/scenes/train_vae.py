@@ -12,8 +12,9 @@ and the segmenter no longer finds them in samples. Two changes keep it honest an
   perceptual loss in the one feature space that matters here: it spends the decoder's
   capacity on the concepts rather than on texture.
 
-The decoder is the same ProGAN module as the scene GAN (``layer1`` ... ``layer10``), fed
-with the latent z (N x 128) instead of GAN noise; the encoder is a small conv net.
+The decoder is :class:`gdx.scenes.models.SceneVAEDecoder` (``layer1`` ... ``layer8``, a
+plain conv decoder with BatchNorm; the ProGAN layout, tried first, stalled at the mean image
+within this CPU budget); the encoder is a small conv net.
 
     python -m gdx.scenes.train_vae --out runs/vae --seed 0 --segmenter plugins/segmenters/weights
     python -m gdx.scenes.train_vae --out runs/vae --seed 0 --resume ...
@@ -31,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdx.plugins.generators.progan_arch import ProgressiveGenerator
+from gdx.scenes.models import SceneVAEDecoder
 from gdx.scenes.pool import ScenePool
 from gdx.scenes.render import LABELS
 
-DEFAULT_SIZES = [128, 256, 128, 64, 32, 16]
 
 
 class Encoder(nn.Module):
@@ -46,10 +46,23 @@ class Encoder(nn.Module):
         layers: list[nn.Module] = []
         cin = 3
         for w in widths:
-            layers += [nn.Conv2d(cin, w, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w, 4, 2, 1), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(cin, w, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(w, w, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.LeakyReLU(0.2),
+            ]
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(cin * 16, 2 * z_dim)
+        # Start with a narrow posterior (std ~0.05): the decoder then sees the encoder's
+        # code from the first step instead of pure noise, and learns to use it (with
+        # std 1 at the start the code drowned in noise and training stalled at the mean
+        # image); the KL term widens the posterior as training goes on.
+        with torch.no_grad():
+            self.head.bias[z_dim:] = -6.0
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.head(self.features(x).flatten(1)).chunk(2, dim=1)
@@ -77,10 +90,10 @@ def export_decoder(checkpoint: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(dest), metadata={"format": "pt", "arch": "progan-decoder"})
     config = {
-        "arch": "progan",
-        "sizes": state["sizes"],
+        "arch": "scene-vae-decoder",
+        "z_dim": int(state["z_dim"]),
         "resolution": 64,
-        "latent_shape": [state["sizes"][0]],
+        "latent_shape": [int(state["z_dim"])],
         "steps": int(state["step"]),
         "seed": int(state["seed"]),
         "train_seconds": float(state["elapsed"]),
@@ -96,9 +109,8 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    sizes = [int(s) for s in args.sizes.split(",")]
-    decoder = ProgressiveGenerator(sizes=sizes)
-    encoder = Encoder(sizes[0])
+    decoder = SceneVAEDecoder(args.z_dim)
+    encoder = Encoder(args.z_dim)
     params = list(decoder.parameters()) + list(encoder.parameters())
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.99))
     seg = load_frozen_segmenter(Path(args.segmenter)) if args.seg_weight > 0 else None
@@ -113,7 +125,7 @@ def train(args: argparse.Namespace) -> None:
     pool = ScenePool(args.pool, seed=args.seed + 2)
     print(f"decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.2f}M params; pool {len(pool)}", flush=True)
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
-    fixed_z = torch.randn(32, sizes[0], generator=torch.Generator().manual_seed(1234))
+    fixed_z = torch.randn(32, args.z_dim, generator=torch.Generator().manual_seed(1234))
 
     def save() -> None:
         state = {
@@ -123,7 +135,7 @@ def train(args: argparse.Namespace) -> None:
             "step": step,
             "elapsed": elapsed,
             "seed": args.seed,
-            "sizes": sizes,
+            "z_dim": args.z_dim,
             "sigma": args.sigma,
             "seg_weight": args.seg_weight,
         }
@@ -131,8 +143,10 @@ def train(args: argparse.Namespace) -> None:
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         from gdx.scenes.train_gan import _save_grid
 
+        decoder.eval()
         with torch.no_grad():
             _save_grid(decoder(fixed_z), out / "samples.png")
+        decoder.train()
 
     t0 = time.time() - elapsed
     t_ckpt = time.time()
@@ -140,7 +154,7 @@ def train(args: argparse.Namespace) -> None:
     while step < args.steps and time.time() < deadline:
         rng = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         images, labels = pool.sample(args.batch, rng, with_labels=True)
-        eps = torch.randn(args.batch, sizes[0], generator=rng)
+        eps = torch.randn(args.batch, args.z_dim, generator=rng)
         with amp:
             mu, logvar = encoder(images)
             z = mu + eps * (0.5 * logvar.float()).exp()
@@ -178,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    p.add_argument("--z-dim", type=int, default=64)
     p.add_argument("--segmenter", default="plugins/segmenters/weights", help="exported scene segmenter folder")
     p.add_argument("--sigma", type=float, default=0.1)
     p.add_argument("--seg-weight", type=float, default=1.0)

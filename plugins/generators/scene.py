@@ -1,0 +1,68 @@
+"""The bundled scene generators: a ProGAN ("scene") and a VAE decoder ("scene-vae").
+
+Both were trained on the procedural scene world (:mod:`gdx.scenes`) by the scripts in
+``gdx.scenes.train_gan`` / ``gdx.scenes.train_vae``; their weights ship inside the package
+as safetensors (fp16, loaded as fp32) with a JSON config giving the layer widths and the
+latent shape. The GAN is a gandissect ProGAN module tree (``layer1`` ... ``layer10``: 4x4, 4x4, 8x8,
+8x8, 16x16, ..., then ``output_64x64``); the VAE decoder is
+:class:`gdx.scenes.models.SceneVAEDecoder` (``layer1`` ... ``layer8``, ``layer4`` at 8x8).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gdx
+from gdx.checkpoints import existing_file, load_safetensors_file
+from gdx.errors import CheckpointError
+from gdx.plugins.generators.progan_arch import ProgressiveGenerator
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: The 8x8 layer: a middle layer whose units the paper (and gdx run) dissects.
+DEFAULT_LAYER = "layer4"
+
+
+def _load(weights: str, default_name: str, name: str) -> gdx.Generator:
+    path = Path(weights) if weights else WEIGHTS_DIR / default_name
+    what = f"{name} generator weights"
+    path = existing_file(path, what=what)
+    config_path = path.with_suffix(".json")
+    if not config_path.exists():
+        raise CheckpointError(
+            f"{what}: {config_path} (the config beside the weights) is missing; export the model "
+            f"again with the training script's --export, which writes both files."
+        )
+    config = json.loads(config_path.read_text())
+    if config.get("arch") == "scene-vae-decoder":
+        from gdx.scenes.models import SceneVAEDecoder
+
+        module = SceneVAEDecoder(int(config["z_dim"]))
+    else:
+        module = ProgressiveGenerator(sizes=[int(s) for s in config["sizes"]])
+    state = {k: v.float() for k, v in load_safetensors_file(path, what=what).items()}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what}: {path} does not match the architecture in {config_path} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); re-export both files together."
+        )
+    gen = gdx.wrap_generator(module.eval(), latent_shape=tuple(config["latent_shape"]), name=name)
+    gen.default_layer = DEFAULT_LAYER
+    return gen
+
+
+def build_scene(weights: str = "") -> gdx.Generator:
+    """Bundled 64x64 ProGAN trained on the procedural scene world (sky, tree, door, window...)."""
+    return _load(weights, "scene_gan.safetensors", "scene")
+
+
+def build_scene_vae(weights: str = "") -> gdx.Generator:
+    """Bundled 64x64 VAE decoder trained on the scene world (blurrier than the GAN; units still meaningful)."""
+    return _load(weights, "scene_vae.safetensors", "scene-vae")
+
+
+@gdx.hookimpl
+def register_generators(register):
+    register("scene", build_scene)
+    register("scene-vae", build_scene_vae)
