@@ -32,11 +32,13 @@ def friendly_errors(fn):
 @click.option("--layer", default=None, help="Layer to paint on (default: the run's first layer / the generator's default).")
 @click.option("--samples", default=300, show_default=True, type=click.IntRange(20, 100000),
               help="Samples for the startup dissection when no --run is given (cached).")
+@click.option("--iou-min", default=None, type=click.FloatRange(0, 1),
+              help="IoU a unit needs to be painted with for a concept (default: the dissection's cut-off, 0.05).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 exposes it to the network).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
 @friendly_errors
-def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, host, port, open_browser):
+def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, port, open_browser):
     """Start GANPaint: brush concepts into generated images (SPEC §4)."""
     try:
         import uvicorn
@@ -59,7 +61,7 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, host, port, ope
                                    log=lambda m: click.echo(m, err=True))
     elif gen:
         click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
-    engine = engine_from_run(run_dir, layer)
+    engine = engine_from_run(run_dir, layer, iou_min=iou_min)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.secho(f"WARNING: listening on {host}: anyone who can reach this machine can use the model "
                     "(there is no authentication).", fg="red", err=True)

@@ -302,3 +302,10 @@ def test_saved_causal_ranking_orders_units(tmp_path):
     with TestClient(create_app(eng)) as c:
         tree = next(x for x in c.get("/api/info").json()["concepts"] if x["name"] == "tree")
     assert tree["method"] == "ace" and tree["units"][:3] == [5, 1, 7]
+
+
+def test_iou_cut_off_decides_paintable_units(engine):
+    loose = rank_concepts(engine.dissection, iou_min=0.0)
+    strict = rank_concepts(engine.dissection, iou_min=0.99)
+    assert strict == [] and len(loose) >= len(engine.concepts)
+    assert all(len(c.units) >= len(engine.concepts[c.name].units) for c in loose if c.name in engine.concepts)

@@ -98,14 +98,16 @@ class PaintEngine:
     """Serves edited images of one generator layer; thread-safe (one forward at a time)."""
 
     def __init__(self, generator: Generator, dissection: Dissection, quantiles: torch.Tensor, *,
-                 max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None) -> None:
+                 max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None,
+                 iou_min: float | None = None) -> None:
         self.generator = generator
         self.dissection = dissection
         self.layer = dissection.layer
         self.quantiles = torch.as_tensor(quantiles, dtype=torch.float32).reshape(-1)
         if self.quantiles.numel() != dissection.units:
             raise PaintError(f"{self.quantiles.numel()} quantiles for {dissection.units} units of {self.layer!r}")
-        self.concepts = {c.name: c for c in rank_concepts(dissection, max_units=max_units, rankings=rankings)}
+        self.concepts = {c.name: c for c in rank_concepts(dissection, max_units=max_units, rankings=rankings,
+                                                             iou_min=iou_min)}
         self.lock = threading.Lock()
         with self.lock, torch.no_grad(), Trace(generator.module, self.layer) as tr:
             image = generator.generate(self.latent(0))
@@ -114,10 +116,15 @@ class PaintEngine:
 
     @classmethod
     def build(cls, generator: Generator, dissection: Dissection, *, samples: int = 200, seed: int = 0,
-              max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None) -> "PaintEngine":
-        """Compute each unit's 0.99 quantile (the "draw" value) from ``samples`` samples, then build."""
+              max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None,
+              iou_min: float | None = None) -> "PaintEngine":
+        """Compute each unit's 0.99 quantile (the "draw" value) from ``samples`` samples, then build.
+
+        ``iou_min`` (default: the dissection's interpretability cut-off) is the IoU a unit
+        needs to be painted with for a concept.
+        """
         q = unit_quantiles(generator, dissection.layer, 0.99, samples=samples, seed=seed)
-        return cls(generator, dissection, q, max_units=max_units, rankings=rankings)
+        return cls(generator, dissection, q, max_units=max_units, rankings=rankings, iou_min=iou_min)
 
     @property
     def default_units(self) -> int:

@@ -85,7 +85,7 @@ def saved_rankings(run_dir: Path, layer: str) -> dict[str, tuple[str, list[int]]
 
 
 def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator=None,
-                    quantile_samples: int = 200) -> PaintEngine:
+                    quantile_samples: int = 200, iou_min: float | None = None) -> PaintEngine:
     """A :class:`PaintEngine` for ``layer`` of the run in ``run_dir`` (generator rebuilt from run.json).
 
     Concepts with a unit ranking saved in the run folder (e.g. the learned alpha of
@@ -99,4 +99,4 @@ def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator=
     if generator is None:
         generator = build_adapter("generator", manifest["generator"], tuple(manifest.get("generator_options") or ()))
     return PaintEngine.build(generator, dissection, samples=quantile_samples, seed=int(manifest.get("seed", 0)),
-                             rankings=saved_rankings(folder, layer))
+                             rankings=saved_rankings(folder, layer), iou_min=iou_min)
