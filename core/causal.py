@@ -732,8 +732,8 @@ class RemovalRow:
 class RemovalTable(_JsonResult):
     """The paper-style table: fraction of a concept's pixels removed by its top-n units.
 
-    ``side_effect`` is the largest |relative change| of any other concept (covering
-    >= 0.1% of pixels) under the same ablation.
+    ``side_effect`` is the largest |relative change| of any other concept covering at
+    least ``side_min_coverage`` (1%) of the pixels, under the same ablation.
     """
 
     layer: str
@@ -759,8 +759,9 @@ class RemovalTable(_JsonResult):
         return head + "\n".join(lines) + "\n"
 
 
-def _signed_max(side: dict[str, float]) -> float:
-    return max(side.values(), key=abs, default=0.0)
+def _signed_max(side: dict[str, float], keep: set[str] | None = None) -> float:
+    values = [v for k, v in side.items() if keep is None or k in keep]
+    return max(values, key=abs, default=0.0)
 
 
 def removal_table(
@@ -780,6 +781,7 @@ def removal_table(
     batch_size: int | None = None,
     probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
+    side_min_coverage: float = 0.01,
     **optimize_options: Any,
 ) -> RemovalTable:
     """For each concept: rank units (``method`` "alpha", "iou" or "ace") on samples of
@@ -787,6 +789,9 @@ def removal_table(
     pixels removed by ablating the top ``top`` units vs. ``top`` random units
     (``control_seed``), and the largest change of any other concept.
     ``init`` (a Dissection) seeds alpha and is required for ``method="iou"``;
+    The summary side effect is the largest |relative change| among concepts covering at
+    least ``side_min_coverage`` of the pixels (relative changes of rarer concepts are
+    noise-dominated; every concept's figure stays in the row's ``side_effects``).
     ``probs`` and ``optimize_options`` (``mode``, ``insert_weight``, ``lr``...) are passed
     to :func:`optimize_units`.
     """
@@ -819,6 +824,8 @@ def removal_table(
             progress(f"measuring {concept!r}")
         eff = runner.effect(units, insert=False)
         ctl = runner.effect(control, insert=False)
+        coverage = runner.baseline().mean(0)
+        major = {name for j, name in enumerate(segmenter.labels) if float(coverage[j]) >= side_min_coverage}
         rows.append(
             dataclasses.asdict(
                 RemovalRow(
@@ -827,8 +834,8 @@ def removal_table(
                     removed=eff.removed,
                     random_units=control,
                     random_removed=ctl.removed,
-                    side_effect=_signed_max(eff.side_effects),
-                    random_side_effect=_signed_max(ctl.side_effects),
+                    side_effect=_signed_max(eff.side_effects, major),
+                    random_side_effect=_signed_max(ctl.side_effects, major),
                     coverage=float(eff.before.mean()),
                     side_effects=eff.side_effects,
                     random_side_effects=ctl.side_effects,
