@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="alpha", choices=["alpha", "iou", "ace"])
     p.add_argument("--mode", default="image", choices=["image", "cell"], help="alpha objective (optimize_units)")
     p.add_argument("--insert-weight", type=float, default=1.0, help="weight of the insertion term (0: ablation only)")
+    p.add_argument("--ablation-read", default="image", choices=["image", "concept"],
+                   help="where the ablation term is read (optimize_units)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plugin", action="append", default=[],
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         gen, seg, args.layer, concepts, top=args.top, method=args.method, samples=args.samples, seed=args.seed,
         eval_seed=args.eval_seed, epochs=args.epochs, init=dissection, batch_size=args.batch_size,
         probs=soft_probs(seg) if args.method == "alpha" else None,
-        **({"mode": args.mode, "insert_weight": args.insert_weight} if args.method == "alpha" else {}),
+        **({"mode": args.mode, "insert_weight": args.insert_weight, "ablation_read": args.ablation_read}
+           if args.method == "alpha" else {}),
         progress=lambda s: print(f"[{time.time() - started:.0f} s] {s}", flush=True),
     )
     table.save(out / "removal_table.json")

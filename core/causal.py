@@ -519,7 +519,7 @@ def optimize_units(
     mode: str = "image",
     probes: int = 5,
     insert_weight: float = 1.0,
-    ablation_read: str = "concept",
+    ablation_read: str = "image",
 ) -> UnitRanking:
     """Learn the soft unit mask alpha in [0, 1]^U that best removes and inserts ``concept``.
 
@@ -534,10 +534,10 @@ def optimize_units(
     units x labels tensor, or a U-vector) is given, else zeros.
 
     ``mode="image"`` (default) edits the whole image: ablation on every sample that
-    contains the concept, read as the mean of ``p_c`` over the concept's own pixels in
-    the unedited sample (``ablation_read="concept"``: the share of the concept that
-    survives; ``"image"`` averages over the whole image instead, which lets the
-    insertion term dominate for small concepts); insertion on every sample, read as
+    contains the concept, read as the mean of ``p_c`` over the image
+    (``ablation_read="image"``) or over the concept's own pixels in the unedited
+    sample (``"concept"``: the share of the concept that survives, which keeps the
+    two terms of equal scale for small concepts); insertion on every sample, read as
     the mean of ``p_c`` over the image.
     ``mode="cell"`` is the reference's recipe: ablate in the cell where the concept
     covers most (``ploc``) and read ``p_c`` there; insert in the best of ``probes``
