@@ -269,7 +269,7 @@ class LevelCounts:
         L1, C1 = self.num_levels + 1, self.num_labels + 1
         up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False).flatten(2)  # n, span, H*W
         # #levels below each value, computed in place: idx = bucket * C1 + unit * L1 * C1 + label + 1
-        idx = torch.searchsorted(lv.expand(n, span, -1).contiguous(), up, right=False)
+        idx = torch.searchsorted(lv.expand(n, span, -1).contiguous(), up.contiguous(), right=False)
         del up
         idx.mul_(C1)
         unit_term = (torch.arange(span, device=chunk.device) * (L1 * C1))[None, :, None]
