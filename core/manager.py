@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.generators.progan",
     "gdx.plugins.generators.stylegan2",
     "gdx.plugins.generators.vae",
+    "gdx.plugins.generators.scene",
     "gdx.plugins.segmenters.toy",
     "gdx.plugins.segmenters.upernet",
     "gdx.plugins.segmenters.deeplab",
