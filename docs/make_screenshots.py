@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from gdx_browser import chromium_page, make_run, scene_available, serve  # noqa: E402
+from gdx_browser import best_layer_for, chromium_page, make_run, scene_available, serve  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +26,6 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    import gdx
     from gdx.paint import engine_from_run
     from gdx.paint.server import create_app
     from gdx.report import write_report
@@ -36,9 +35,12 @@ def main() -> None:
     if args.run:
         run = Path(args.run)
     elif scene_available():
-        run = make_run(tmp / "run", "scene", "scene", gdx.load_generator("scene").default_layer, samples=args.samples)
+        run = make_run(tmp / "run", "scene", "scene", ["layer4", "layer5", "layer6"], samples=args.samples)
     else:
         run = make_run(tmp / "run", "toy", "toy", "features", samples=args.samples)
+    import json
+
+    layers = json.loads((run / "run.json").read_text())["layers"]
     index = write_report(run, tmp / "report", top_k=8)
     with chromium_page(viewport=(1280, 1000)) as (page, errors):
         page.goto(index.as_uri())
@@ -47,7 +49,7 @@ def main() -> None:
         page.screenshot(path=str(HERE / "report.png"))
         if errors:
             raise SystemExit(f"console errors on the report: {errors}")
-    engine = engine_from_run(run)
+    engine = engine_from_run(run, best_layer_for(run, layers, args.concept))
     with serve(create_app(engine)) as url, chromium_page(viewport=(1100, 640)) as (page, errors):
         page.goto(url)
         page.wait_for_selector("body[data-ready='1']")

@@ -30,17 +30,31 @@ CHROMIUM_ARGS = [
 ]
 
 
-def make_run(folder: Path, gen_name: str, seg_name: str, layer: str, *, samples: int, seed: int = 0) -> Path:
+def make_run(folder: Path, gen_name: str, seg_name: str, layer: str | list[str], *, samples: int,
+             seed: int = 0) -> Path:
     """Dissect and write a ``gdx run``-format folder (run.json + layer/dissection.*)."""
     gen, seg = gdx.load_generator(gen_name), gdx.load_segmenter(seg_name)
-    result = gdx.dissect(gen, seg, layer, samples=samples, seed=seed, progress=False)
-    result.save(folder / layer)
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    for result in gdx.dissect(gen, seg, layers, samples=samples, seed=seed, progress=False):
+        result.save(folder / result.layer)
     atomic_write_json(folder / "run.json", {
         "format": "gdx.run", "version": 1, "generator": gen_name, "segmenter": seg_name,
-        "generator_options": [], "segmenter_options": [], "layers": [layer], "samples": samples,
+        "generator_options": [], "segmenter_options": [], "layers": layers, "samples": samples,
         "seed": seed, "threshold": 0.99, "synthetic": "toy" in (gen_name, seg_name),
     })
     return folder
+
+
+def best_layer_for(run: Path, layers: list[str], concept: str) -> str:
+    """The layer with the most units matching ``concept`` (ties: the best IoU)."""
+    from gdx.results import Dissection
+
+    def score(layer: str) -> tuple[int, float]:
+        d = Dissection.load(run / layer)
+        col = d.iou[:, d.labels.index(concept)]
+        return int((col > d.settings.iou_min).sum()), float(col.max())
+
+    return max(layers, key=score)
 
 
 def scene_available() -> bool:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import gdx
-from gdx_browser import chromium_page, make_run, scene_available, serve
+from gdx_browser import best_layer_for, chromium_page, make_run, scene_available, serve
 
 pytestmark = pytest.mark.browser
 pytest.importorskip("fastapi")
@@ -30,12 +30,15 @@ def world(tmp_path_factory):
     from gdx.paint import engine_from_run
 
     if scene_available():
-        gen = gdx.load_generator("scene")
-        name, layer, samples, ground = "scene", gen.default_layer, 200, "grass"
+        # paint on the block layer with the most tree units (the paper paints at the layer
+        # where the concept's units are; for the small scene GAN that is not always layer4)
+        name, samples, ground = "scene", 200, "grass"
+        layers = ["layer4", "layer5", "layer6"]
     else:
-        name, layer, samples, ground = "toy", "features", 120, None
-    run = make_run(tmp_path_factory.mktemp("run"), name, name, layer, samples=samples)
-    engine = engine_from_run(run)
+        name, samples, ground = "toy", 120, None
+        layers = ["features"]
+    run = make_run(tmp_path_factory.mktemp("run"), name, name, layers, samples=samples)
+    engine = engine_from_run(run, best_layer_for(run, layers, "tree"))
     seg = gdx.load_segmenter(name)
     ground_index = list(seg.labels).index(ground) if ground else -1  # toy: -1 is the empty sky
     return engine, seg, ground_index
@@ -53,13 +56,13 @@ def segment(seg, rgb: np.ndarray) -> torch.Tensor:
 
 
 def pick_window(seg_map: torch.Tensor, concept: int, ground: int, size: int, margin: int):
-    """(score, y, x): a size x size window with no concept (in it and its margin), most ground."""
+    """(score, y, x): a size x size window with (almost) no concept in it and its margin, most ground."""
     h, w = seg_map.shape
     best = None
     for y in range(margin, h - size - margin + 1, 2):
         for x in range(margin, w - size - margin + 1, 2):
             around = seg_map[y - margin : y + size + margin, x - margin : x + size + margin]
-            if (around == concept).any():
+            if float((around == concept).float().mean()) > 0.02:
                 continue
             score = float((seg_map[y : y + size, x : x + size] == ground).float().mean())
             if best is None or score > best[0]:
@@ -111,7 +114,7 @@ def test_paint_tree_and_remove_it_in_chromium(world):
     assert "tree" in engine.concepts, f"no unit of {engine.layer} matches tree; paintable: {list(engine.concepts)}"
     tree = list(seg.labels).index("tree")
     h, w = engine.image_size
-    size, margin = max(4, round(h * 0.3)), max(2, round(h / 8))
+    size, margin = max(4, round(h * 0.3)), max(2, round(h / 16))
     candidates = []
     for s in range(GRID_SAMPLES):
         found = pick_window(segment(seg, engine.render(s)), tree, ground, size, margin)
@@ -138,8 +141,7 @@ def test_paint_tree_and_remove_it_in_chromium(world):
         assert np.abs(after[window].astype(int) - before[window].astype(int)).mean() > 5, "no visible change"
         trees_before = int((segment(seg, before)[window] == tree).sum())
         trees_after = int((segment(seg, after)[window] == tree).sum())
-        assert trees_before == 0
-        assert trees_after >= 0.1 * size * size, (trees_before, trees_after)
+        assert trees_after >= trees_before + 0.1 * size * size, (trees_before, trees_after)
         assert page.get_attribute("#download", "href").startswith("data:image/png")
 
         page.click("#undo")
@@ -150,7 +152,10 @@ def test_paint_tree_and_remove_it_in_chromium(world):
         page.check("input[name=mode][value=remove]")
         removed = paint_rect(page, (y - margin) * scale, (x - margin) * scale, (y + size + margin) * scale,
                              (x + size + margin) * scale, brush)
-        trees_painted = int((segment(seg, painted) == tree).sum())
-        trees_removed = int((segment(seg, removed) == tree).sum())
+        around = (slice(max(0, y - margin), y + size + margin), slice(max(0, x - margin), x + size + margin))
+        trees_painted = int((segment(seg, painted)[around] == tree).sum())
+        trees_removed = int((segment(seg, removed)[around] == tree).sum())
+        print(f"{engine.layer}: tree pixels in the window: before {trees_before}, drawn {trees_after}; "
+              f"around it: painted {trees_painted}, after remove {trees_removed}")
         assert trees_removed < 0.5 * trees_painted, (trees_painted, trees_removed)
         assert errors == []
