@@ -95,17 +95,18 @@
     return { width: w, height: h, bits: btoa(text) };
   }
 
-  function redrawOverlay() {
+  // Strokes are shown faintly once the image has been painted, so the result stays visible.
+  function redrawOverlay(alpha) {
     ctx.clearRect(0, 0, DISPLAY, DISPLAY);
     state.strokes.forEach(function (s) {
-      ctx.strokeStyle = s.mode === "draw" ? "rgba(255,111,0,0.25)" : "rgba(0,120,255,0.25)";
+      ctx.strokeStyle = s.mode === "draw" ? "rgba(255,111,0," + alpha + ")" : "rgba(0,120,255," + alpha + ")";
       strokePath(ctx, s.points, 1, 1, s.radius);
     });
   }
 
   function render() {
     var seq = ++state.seq;
-    redrawOverlay();
+    redrawOverlay(0.25);
     if (!state.strokes.length) { showSampleKeepStrokes(); return Promise.resolve(); }
     var body = {
       sample: state.sample, units: Math.max(1, Math.min(state.info.max_units, Number($("units").value) || 1)),
@@ -117,6 +118,7 @@
       if (seq !== state.seq) { return; }
       image.src = out.image; $("download").href = out.image;
       state.shown = seq;
+      redrawOverlay(0.07);
       status(state.strokes.length + " stroke(s), " + Math.round(performance.now() - t0) + " ms (server " +
              out.milliseconds.toFixed(1) + " ms)");
       image.dataset.seq = String(seq);
