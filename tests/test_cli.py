@@ -31,13 +31,13 @@ def test_run_writes_results_and_prints_table(tmp_path):
 
 
 def test_run_with_report(tmp_path):
-    r = invoke("run", "--samples", "20", "--quiet", "--out", str(tmp_path), "--report")
+    r = invoke("run", "--gen", "toy", "--seg", "toy", "--samples", "20", "--quiet", "--out", str(tmp_path), "--report")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "report" / "index.html").exists()
 
 
 def test_run_iqr_and_several_layers(tmp_path):
-    r = invoke("run", "--samples", "30", "--quiet", "--out", str(tmp_path), "--threshold", "iqr",
+    r = invoke("run", "--gen", "toy", "--seg", "toy", "--samples", "30", "--quiet", "--out", str(tmp_path), "--threshold", "iqr",
                "--layer", "features", "--layer", "decoder")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "decoder" / "dissection.json").exists() and "IQR" in r.output
@@ -56,7 +56,12 @@ def test_run_iqr_and_several_layers(tmp_path):
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
-    r = CliRunner().invoke(cli, ["run", "--samples", "5", "--quiet", "--out", str(tmp_path), *args])
+    base = ["run", "--samples", "5", "--quiet", "--out", str(tmp_path)]
+    if "--gen" not in args:
+        base += ["--gen", "toy"]
+    if "--seg" not in args:
+        base += ["--seg", "toy"]
+    r = CliRunner().invoke(cli, [*base, *args])
     assert r.exit_code != 0
     assert message in r.output
     assert "Traceback" not in r.output
@@ -114,7 +119,7 @@ def test_cli_reports_contract_violation_without_traceback(tmp_path):
     mod.register_segmenters = gdx.hookimpl(register_segmenters)
     gdx.default_registry().pm.register(mod)
     gdx.default_registry()._infos = None
-    r = CliRunner().invoke(cli, ["run", "--seg", "badseg", "--samples", "4", "--quiet", "--out", str(tmp_path)])
+    r = CliRunner().invoke(cli, ["run", "--gen", "toy", "--seg", "badseg", "--samples", "4", "--quiet", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "integer label indices" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "run.json").exists()
 

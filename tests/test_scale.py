@@ -104,26 +104,19 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     from click.testing import CliRunner
 
     from gdx.cli import cli
-
-    folder = tmp_path / "r"
-    (folder / "checkpoint").mkdir(parents=True)
-    runner = CliRunner()
-    # fabricate a checkpoint from a different run
-    base = ["run", "--quiet", "--samples", "16", "--out", str(folder)]
-    r = runner.invoke(cli, [*base, "--overwrite", "--checkpoint-every", "1", "--seed", "1"])
-    assert r.exit_code == 0, r.output
-    (folder / "run.json").unlink()
-    (folder / "checkpoint").mkdir()
-    src = tmp_path / "other"
-    r = runner.invoke(cli, ["run", "--quiet", "--samples", "16", "--out", str(src), "--seed", "2"])
-    # a finished run leaves no checkpoint; make one by hand from the first run's settings
     from gdx.runner import RunFolder
 
+    folder = tmp_path / "r"
+    # a checkpoint written by a run with other settings
     dissection = gdx.DissectionRun(gdx.load_generator("toy"), gdx.load_segmenter("toy"), ["features"], samples=16)
-    rf = RunFolder(folder, dissection, {"anything": "else"})
-    rf.save_checkpoint(1, 8, dissection.new_level_pass())
-    r = runner.invoke(cli, [*base, "--resume"])
+    RunFolder(folder, dissection, {"some": "other settings"}).save_checkpoint(1, 8, dissection.new_level_pass())
+    base = ["run", "--gen", "toy", "--seg", "toy", "--quiet", "--samples", "16", "--out", str(folder)]
+    r = CliRunner().invoke(cli, [*base, "--resume"])
     assert r.exit_code == 1 and "other settings" in r.output
+    r = CliRunner().invoke(cli, base)
+    assert r.exit_code == 1 and "--resume" in r.output and "--overwrite" in r.output
+    r = CliRunner().invoke(cli, [*base, "--overwrite"])
+    assert r.exit_code == 0 and (folder / "run.json").exists() and not (folder / "checkpoint").exists()
 
 
 def test_nan_error_keeps_the_last_checkpoint_usable(tmp_path):
