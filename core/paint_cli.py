@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 
 import click
 
+from gdx.cli_common import friendly_errors
+
 from gdx.errors import GdxError, MissingDependencyError
-
-
-def friendly_errors(fn):
-    """gdx.cli.friendly_errors, looked up at call time: gdx.cli imports this module at its end,
-    so importing gdx.cli here at import time would be circular."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from gdx.cli import friendly_errors as wrap
-
-        return wrap(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 @click.command()
@@ -50,7 +38,7 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, 
         ) from None
     import torch
 
-    from gdx.cli import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered
+    from gdx.cli_common import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered
     from gdx.paint.models import engine_from_run, quick_dissection
 
     torch.set_grad_enabled(False)

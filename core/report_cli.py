@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
-
-def friendly_errors(fn):
-    """gdx.cli.friendly_errors, looked up at call time: gdx.cli imports this module at its end,
-    so importing gdx.cli here at import time would be circular."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from gdx.cli import friendly_errors as wrap
-
-        return wrap(fn)(*args, **kwargs)
-
-    return wrapper
+from gdx.cli_common import friendly_errors
 
 
 @click.command()
