@@ -13,48 +13,15 @@ from typing import Any
 import click
 import torch
 
+from gdx.cli_common import (
+    DEFAULT_GENERATORS,
+    build_adapter,
+    first_registered,
+    friendly_errors,
+    load_models,
+    model_options,
+)
 from gdx.errors import GdxError
-
-# gdx.cli imports this module to attach COMMANDS, so its helpers are reached at call
-# time (not import time): either module can then be imported first.
-
-
-def friendly_errors(fn):
-    """gdx's own errors become one-line ``click.ClickException`` s (as in ``gdx run``)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GdxError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
-def model_options(fn):
-    """The model options of ``gdx run``: --gen, --seg, --gen-opt, --seg-opt, --device."""
-    decorators = [
-        click.option("--gen", "gen", default=None, help="Registered generator (see 'gdx generators'). Default: scene, else toy."),
-        click.option("--seg", "seg", default=None, help="Registered segmenter (see 'gdx segmenters')."),
-        click.option("--gen-opt", "gen_opts", multiple=True, metavar="KEY=VALUE", help="Generator option, repeatable."),
-        click.option("--seg-opt", "seg_opts", multiple=True, metavar="KEY=VALUE", help="Segmenter option, repeatable."),
-        click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: where the model is)."),
-    ]
-    for deco in reversed(decorators):
-        fn = deco(fn)
-    return fn
-
-
-def load_models(gen, seg, gen_opts, seg_opts, device=None):
-    from gdx.cli import load_models as _load
-
-    gen_name, seg_name, generator, segmenter = _load(gen, seg, gen_opts, seg_opts)
-    if device:
-        generator.to(device)
-        segmenter.to(device)
-    return gen_name, seg_name, generator, segmenter
 
 
 def _layer(generator: Any, layer: str | None) -> str:
@@ -322,8 +289,6 @@ def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed,
     from gdx.plots import image_grid, write_png
     from gdx.plugins.metrics.frechet import FrechetDistance, InceptionFeatures, segmenter_features
     from gdx.repair import find_artifact_units
-
-    from gdx.cli import DEFAULT_GENERATORS, build_adapter, first_registered
 
     gen_name = gen or first_registered("generator", DEFAULT_GENERATORS)
     generator = build_adapter("generator", gen_name, gen_opts)
