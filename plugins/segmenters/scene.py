@@ -33,8 +33,8 @@ class SceneSegment(nn.Module):
         super().__init__()
         self.net = net.eval()
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def segment_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable logits N x L x H x W (for the learned unit masks of gdx.optimize_units)."""
         h, w = images.shape[-2:]
         hh, ww = -(-h // 16) * 16, -(-w // 16) * 16
         x = images.clamp(-1, 1)
@@ -43,7 +43,11 @@ class SceneSegment(nn.Module):
         logits = self.net(x)
         if (hh, ww) != (h, w):
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits.argmax(1)
+        return logits
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.segment_logits(images).argmax(1)
 
 
 def build_scene(weights: str = "") -> gdx.Segmenter:
