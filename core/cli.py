@@ -28,7 +28,7 @@ from gdx.cli_common import (  # noqa: F401  (re-exported for plugins that import
     parse_threshold,
 )
 from gdx.errors import GdxError
-from gdx.manager import default_registry
+from gdx.manager import default_registry, describe_default
 
 class GdxGroup(click.Group):
     """A click group that adds plugin commands lazily, the first time it is used."""
@@ -177,10 +177,16 @@ def _listing(kind: str, verbose: bool) -> None:
         for name, info in infos.items():
             opts = info.options()
             if opts:
-                text = ", ".join(
-                    f"{k}={'REQUIRED' if p.default is p.empty else repr(p.default)}" for k, p in opts.items()
-                )
+                text = ", ".join(f"{k}={describe_default(p)}" for k, p in opts.items())
                 click.echo(f"\n{name} options: {text}")
+
+
+def _describe(kind: str, name: str) -> None:
+    """Print an adapter's description and its options with their defaults."""
+    info = default_registry().info(kind, name)
+    click.echo(f"{name}: {info.description}")
+    for k, p in info.options().items():
+        click.echo(f"  option {k} = {describe_default(p)}")
 
 
 @cli.command()
@@ -206,10 +212,7 @@ def generators(name, verbose, opts):
     if name is None:
         _listing("generator", verbose)
         return
-    info = default_registry().info("generator", name)
-    click.echo(f"{name}: {info.description}")
-    for k, p in info.options().items():
-        click.echo(f"  option {k} = {'REQUIRED' if p.default is p.empty else repr(p.default)}")
+    _describe("generator", name)
     generator = build_adapter("generator", name, opts)
     click.echo("layers: " + ", ".join(generator.layer_names()))
 
@@ -224,10 +227,7 @@ def segmenters(name, verbose, opts):
     if name is None:
         _listing("segmenter", verbose)
         return
-    info = default_registry().info("segmenter", name)
-    click.echo(f"{name}: {info.description}")
-    for k, p in info.options().items():
-        click.echo(f"  option {k} = {'REQUIRED' if p.default is p.empty else repr(p.default)}")
+    _describe("segmenter", name)
     segmenter = build_adapter("segmenter", name, opts)
     click.echo(f"labels ({len(segmenter.labels)}): " + ", ".join(segmenter.labels))
 

@@ -180,7 +180,7 @@ def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
     valid = info.options()
     for key in options:
         if key not in valid:
-            listing = ", ".join(f"{k}={_describe_default(p)}" for k, p in valid.items()) or "(none)"
+            listing = ", ".join(f"{k}={describe_default(p)}" for k, p in valid.items()) or "(none)"
             raise AdapterOptionError(
                 f"{info.kind} {info.name!r} has no option {key!r}. Its options: {listing}"
             )
@@ -192,7 +192,8 @@ def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
         )
 
 
-def _describe_default(p: inspect.Parameter) -> str:
+def describe_default(p: inspect.Parameter) -> str:
+    """An option's default as the listings show it (REQUIRED when there is none)."""
     return "REQUIRED" if p.default is p.empty else repr(p.default)
 
 
