@@ -214,29 +214,30 @@ class PPM(nn.Module):
         return self.conv_last(torch.cat(pooled, 1))
 
 
-class UPerNetDecoder(nn.Module):
-    """mit_semseg's UPerNet head: PPM on the top feature, FPN top-down, fuse all levels."""
+class PyramidFPN(nn.Module):
+    """Pyramid pooling on the top feature, then the FPN top-down path.
 
-    def __init__(self, num_class: int = 150, fc_dim: int = 2048, pool_scales: Sequence[int] = (1, 2, 3, 6),
-                 fpn_inplanes: Sequence[int] = (256, 512, 1024, 2048), fpn_dim: int = 512) -> None:
+    The part that mit_semseg's UPerNet head and the Unified Perceptual Parsing head
+    share; the attribute names (``ppm_pooling``, ``ppm_conv``, ``ppm_last_conv``,
+    ``fpn_in``, ``fpn_out``) are the checkpoints' key names for both.
+    """
+
+    def __init__(self, pooling: Sequence[nn.Module], fc_dim: int, fpn_inplanes: Sequence[int], fpn_dim: int) -> None:
         super().__init__()
-        self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(s) for s in pool_scales)
+        self.ppm_pooling = nn.ModuleList(pooling)
         self.ppm_conv = nn.ModuleList(
             nn.Sequential(nn.Conv2d(fc_dim, 512, 1, bias=False), nn.BatchNorm2d(512), nn.ReLU(inplace=True))
-            for _ in pool_scales
+            for _ in self.ppm_pooling
         )
-        self.ppm_last_conv = conv3x3_bn_relu(fc_dim + len(pool_scales) * 512, fpn_dim)
+        self.ppm_last_conv = conv3x3_bn_relu(fc_dim + len(self.ppm_pooling) * 512, fpn_dim)
         self.fpn_in = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, fpn_dim, 1, bias=False), nn.BatchNorm2d(fpn_dim), nn.ReLU(inplace=True))
             for c in fpn_inplanes[:-1]
         )
         self.fpn_out = nn.ModuleList(nn.Sequential(conv3x3_bn_relu(fpn_dim, fpn_dim)) for _ in fpn_inplanes[:-1])
-        self.conv_last = nn.Sequential(
-            conv3x3_bn_relu(len(fpn_inplanes) * fpn_dim, fpn_dim), nn.Conv2d(fpn_dim, num_class, 1)
-        )
 
-    def fused_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """The concatenated, upsampled FPN levels (input of ``conv_last``)."""
+    def fpn_levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The FPN outputs, finest level first."""
         f = self.ppm_last_conv(_pyramid(feats[-1], self.ppm_pooling, self.ppm_conv))
         levels = [f]
         for i in reversed(range(len(feats) - 1)):
@@ -244,10 +245,30 @@ class UPerNetDecoder(nn.Module):
             f = lateral + F.interpolate(f, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             levels.append(self.fpn_out[i](f))
         levels.reverse()
+        return levels
+
+    @staticmethod
+    def concat_levels(levels: list[torch.Tensor]) -> torch.Tensor:
+        """All levels upsampled to the finest one's size and concatenated."""
         size = levels[0].shape[-2:]
         return torch.cat(
             [levels[0]] + [F.interpolate(t, size, mode="bilinear", align_corners=False) for t in levels[1:]], 1
         )
+
+
+class UPerNetDecoder(PyramidFPN):
+    """mit_semseg's UPerNet head: PPM on the top feature, FPN top-down, fuse all levels."""
+
+    def __init__(self, num_class: int = 150, fc_dim: int = 2048, pool_scales: Sequence[int] = (1, 2, 3, 6),
+                 fpn_inplanes: Sequence[int] = (256, 512, 1024, 2048), fpn_dim: int = 512) -> None:
+        super().__init__([nn.AdaptiveAvgPool2d(s) for s in pool_scales], fc_dim, fpn_inplanes, fpn_dim)
+        self.conv_last = nn.Sequential(
+            conv3x3_bn_relu(len(fpn_inplanes) * fpn_dim, fpn_dim), nn.Conv2d(fpn_dim, num_class, 1)
+        )
+
+    def fused_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The concatenated, upsampled FPN levels (input of ``conv_last``)."""
+        return self.concat_levels(self.fpn_levels(feats))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.conv_last(self.fused_features(feats))

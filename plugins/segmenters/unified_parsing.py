@@ -38,7 +38,7 @@ from torch import nn
 
 from gdx.errors import CheckpointError
 
-from gdx.plugins.segmenters.mit_semseg_arch import DeepStemResNet, conv3x3_bn_relu
+from gdx.plugins.segmenters.mit_semseg_arch import DeepStemResNet, PyramidFPN, conv3x3_bn_relu
 from gdx.plugins.segmenters.torch_segmenter import Preprocess, TorchSegmenter
 
 UPP_PREPROCESS = Preprocess(mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True)
@@ -87,24 +87,13 @@ class PPMPool(nn.Module):
         return precise_roi_pool(x, self.scale)
 
 
-class UnifiedParsingDecoder(nn.Module):
+class UnifiedParsingDecoder(PyramidFPN):
     """gandissect's ``upsegmodel.UPerNet`` (key names kept); ``forward`` -> head logits at P2 size."""
 
     def __init__(self, nr_classes: Mapping[str, int], fc_dim: int = 2048, pool_scales: Sequence[int] = (1, 2, 3, 6),
                  fpn_inplanes: Sequence[int] = (256, 512, 1024, 2048), fpn_dim: int = 512,
                  ppm_pool: str = "prroi") -> None:
-        super().__init__()
-        self.ppm_pooling = nn.ModuleList(PPMPool(s, ppm_pool) for s in pool_scales)
-        self.ppm_conv = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(fc_dim, 512, 1, bias=False), nn.BatchNorm2d(512), nn.ReLU(inplace=True))
-            for _ in pool_scales
-        )
-        self.ppm_last_conv = conv3x3_bn_relu(fc_dim + len(pool_scales) * 512, fpn_dim)
-        self.fpn_in = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, fpn_dim, 1, bias=False), nn.BatchNorm2d(fpn_dim), nn.ReLU(inplace=True))
-            for c in fpn_inplanes[:-1]
-        )
-        self.fpn_out = nn.ModuleList(nn.Sequential(conv3x3_bn_relu(fpn_dim, fpn_dim)) for _ in fpn_inplanes[:-1])
+        super().__init__([PPMPool(s, ppm_pool) for s in pool_scales], fc_dim, fpn_inplanes, fpn_dim)
         self.conv_fusion = conv3x3_bn_relu(len(fpn_inplanes) * fpn_dim, fpn_dim)
         self.scene_head = nn.Sequential(
             conv3x3_bn_relu(fpn_dim, fpn_dim), nn.AdaptiveAvgPool2d(1), nn.Conv2d(fpn_dim, nr_classes["scene"], 1)
@@ -116,23 +105,8 @@ class UnifiedParsingDecoder(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """[object, material, part] logits; the scene head is not needed for pixel labels."""
-        conv5 = feats[-1]
-        size = conv5.shape[-2:]
-        pyramid = [conv5] + [
-            conv(F.interpolate(pool(conv5), size, mode="bilinear", align_corners=False))
-            for pool, conv in zip(self.ppm_pooling, self.ppm_conv)
-        ]
-        f = self.ppm_last_conv(torch.cat(pyramid, 1))
-        levels = [f]
-        for i in reversed(range(len(feats) - 1)):
-            lateral = self.fpn_in[i](feats[i])
-            f = lateral + F.interpolate(f, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-            levels.append(self.fpn_out[i](f))
-        levels.reverse()
-        out_size = levels[0].shape[-2:]
-        fused = self.conv_fusion(torch.cat(
-            [levels[0]] + [F.interpolate(t, out_size, mode="bilinear", align_corners=False) for t in levels[1:]], 1
-        ))
+        levels = self.fpn_levels(feats)
+        fused = self.conv_fusion(self.concat_levels(levels))
         return [self.object_head(fused), self.material_head(levels[0]), self.part_head(fused)]
 
 
