@@ -95,25 +95,69 @@ def _col(rgb: tuple[float, float, float]) -> torch.Tensor:
 
 
 class _Canvas:
-    """Image, labels and depth buffer of a batch; ``paint`` writes where a mask is nearer."""
+    """Labels, depth buffer and deferred colours of a batch; ``paint`` writes where a mask is nearer.
+
+    Why deferred: every texture in this world is ``color * shade + color2 * shade2`` with
+    per-scene colours (N x 3) and one-channel shade maps. So a paint only records, per
+    pixel, which paint call won (its slot), the label, the depth and the two shade values
+    (one-channel work), and the RGB image is assembled once at the end by looking the
+    colours up by slot. Compositing full RGB frames once per object was most of the time.
+    """
 
     def __init__(self, n: int, size: int) -> None:
-        self.img = torch.zeros(n, 3, size, size)
-        self.lab = torch.zeros(n, size, size, dtype=torch.long)
+        self.n, self.size = n, size
         self.depth = torch.full((n, size, size), -1e9)
+        self.slot = torch.zeros(n, size, size, dtype=torch.uint8)  # < 256 paint calls
+        self.shade = torch.zeros(n, size, size)
+        self.shade2 = torch.zeros(n, size, size)
+        self.colors = [torch.zeros(n, 3)]  # slot 0: nothing painted (black)
+        self.colors2 = [torch.zeros(n, 3)]
+        self.labels = [0]
 
-    def paint(self, mask: torch.Tensor, color: torch.Tensor, label: int, depth: torch.Tensor | None = None) -> None:
-        """Paint ``color`` (N x 3 x S x S or broadcastable) and ``label`` where ``mask``.
+    def paint(
+        self,
+        mask: torch.Tensor,
+        label: int,
+        color: torch.Tensor,
+        shade: torch.Tensor | float = 1.0,
+        *,
+        color2: torch.Tensor | None = None,
+        shade2: torch.Tensor | float = 0.0,
+        depth: torch.Tensor | None = None,
+    ) -> None:
+        """Paint ``color * shade + color2 * shade2`` and ``label`` where ``mask`` (N x S x S).
 
-        With ``depth`` (N x S x S or broadcastable), only where it is not behind what is
-        already there (a larger depth is nearer the viewer), and the depth buffer updates.
+        Colours are per scene (N x 3 x 1 x 1 or 1 x 3 x 1 x 1); shades broadcast to
+        N x S x S. With ``depth`` (broadcastable to N x S x S), only where it is not behind
+        what is already there (a larger depth is nearer the viewer); the buffer updates.
         """
         if depth is not None:
             mask = mask & (depth >= self.depth)
-            self.depth = torch.where(mask, depth, self.depth)
-        m = mask.unsqueeze(1).to(self.img.dtype)
-        self.img += m * (color - self.img)
-        self.lab.masked_fill_(mask, label)
+        weight = mask.to(self.shade.dtype)
+        # lerp with a 0/1 weight is an exact select (end - (end - start) * 0 at weight 1),
+        # and much faster than torch.where with a broadcast boolean mask on the CPU.
+        if depth is not None:
+            self.depth.lerp_(torch.as_tensor(depth, dtype=self.depth.dtype).expand_as(self.depth), weight)
+        self.shade.lerp_(torch.as_tensor(shade, dtype=self.shade.dtype).expand_as(self.shade), weight)
+        if color2 is not None:  # a slot without a second colour never reads shade2
+            self.shade2.lerp_(torch.as_tensor(shade2, dtype=self.shade.dtype).expand_as(self.shade), weight)
+        self.slot.masked_fill_(mask, len(self.colors))
+        self.colors.append(color.reshape(-1, 3).expand(self.n, 3))
+        self.colors2.append(torch.zeros(self.n, 3) if color2 is None else color2.reshape(-1, 3).expand(self.n, 3))
+        self.labels.append(label)
+
+    def label_map(self) -> torch.Tensor:
+        """The label of the paint that won each pixel, N x S x S (long)."""
+        return torch.tensor(self.labels)[self.slot.long()]
+
+    def image(self) -> torch.Tensor:
+        """The composited RGB image, N x 3 x S x S."""
+        n, S = self.n, self.size
+        index = self.slot.long().view(n, S * S, 1).expand(n, S * S, 3)
+        first = torch.stack(self.colors, dim=1).gather(1, index)
+        second = torch.stack(self.colors2, dim=1).gather(1, index)
+        rgb = first * self.shade.view(n, S * S, 1) + second * self.shade2.view(n, S * S, 1)
+        return rgb.view(n, S, S, 3).permute(0, 3, 1, 2).contiguous()
 
 
 def _palette(g: torch.Generator, n: int, colors: list[tuple[float, float, float]], jitter: float) -> torch.Tensor:
@@ -153,21 +197,26 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
     hz = col(horizon)
     fine = torch.randn(n, 1, S, S, generator=g)
     blob = _smooth_noise(g, n, S, max(2, int(4 * f)))
+    # Shade maps several objects share, computed once (N x S x S).
+    fine1 = fine.squeeze(1)
+    grain = {amount: 1.0 + amount * fine1 for amount in (0.03, 0.05, 0.06)}
 
     # Sky: a vertical gradient from a zenith colour to a lighter horizon colour.
     zenith = _palette(g, n, [(0.20, 0.42, 0.85), (0.35, 0.55, 0.90), (0.45, 0.50, 0.62), (0.30, 0.35, 0.70)], 0.06)
     low = _palette(g, n, [(0.70, 0.82, 0.95), (0.92, 0.72, 0.55), (0.75, 0.78, 0.82)], 0.05)
     t = (ys / hz).clamp(0, 1).unsqueeze(1)
-    cv.paint(ys < hz, zenith * (1 - t) + low * t, LABEL_INDEX["sky"])
+    cv.paint(ys < hz, LABEL_INDEX["sky"], zenith, (1 - t).squeeze(1), color2=low, shade2=t.squeeze(1))
 
     # Sun: a disc in the sky.
     has_sun = torch.rand(n, generator=g) < 0.7
     r_sun = _u(g, (n,), 4.0, 7.0) * f
     sx = _u(g, (n,), 8, 56) * f
     sy = torch.minimum(_u(g, (n,), 6, 20) * f, horizon - r_sun - 2 * f)
-    sun = col(has_sun) & ((xs - col(sx)) ** 2 + (ys - col(sy)) ** 2 < col(r_sun) ** 2) & (ys < hz)
+    # Per-scene flags and 1-D (row or column) conditions are combined first, so that only
+    # the last & runs over whole N x S x S frames.
+    sun = ((xs - col(sx)) ** 2 + (ys - col(sy)) ** 2 < col(r_sun) ** 2) & (col(has_sun) & (ys < hz))
     sun_rgb = _palette(g, n, [(1.0, 0.95, 0.60), (1.0, 0.85, 0.45), (1.0, 1.0, 0.85)], 0.03)
-    cv.paint(sun, sun_rgb, LABEL_INDEX["sun"])
+    cv.paint(sun, LABEL_INDEX["sun"], sun_rgb)
 
     # Clouds: each a union of three ellipses, clipped to the sky.
     cloud_rgb = _palette(g, n, [(0.97, 0.97, 0.98), (0.85, 0.86, 0.90), (0.95, 0.92, 0.88)], 0.03)
@@ -177,13 +226,14 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
         cw = _u(g, (n,), 6, 11) * f
         ch = _u(g, (n,), 2.5, 4.5) * f
         cy = torch.minimum(_u(g, (n,), 5, 20) * f, horizon - ch - 3 * f)
-        mask = torch.zeros(n, S, S, dtype=torch.bool)
+        mask = None
         for dx, dy, s in ((-0.6, 0.25, 0.65), (0.0, -0.2, 1.0), (0.6, 0.25, 0.7)):
             ex = col(cx + dx * cw)
             ey = col(cy + dy * ch)
-            mask |= ((xs - ex) / col(cw * s)) ** 2 + ((ys - ey) / col(ch * s)) ** 2 < 1
-        shade = 1.0 - 0.12 * ((ys - col(cy)) / col(ch)).clamp(-1, 1).unsqueeze(1)
-        cv.paint(col(on) & mask & (ys < hz), cloud_rgb * shade, LABEL_INDEX["cloud"])
+            ellipse = ((xs - ex) / col(cw * s)) ** 2 + ((ys - ey) / col(ch * s)) ** 2 < 1
+            mask = ellipse if mask is None else mask | ellipse
+        shade = 1.0 - 0.12 * ((ys - col(cy)) / col(ch)).clamp(-1, 1)
+        cv.paint(mask & (col(on) & (ys < hz)), LABEL_INDEX["cloud"], cloud_rgb, shade)
 
     # Mountains: a ridge of up to three peaks standing on the horizon.
     has_mtn = torch.rand(n, generator=g) < 0.7
@@ -199,21 +249,21 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
     mtn = col(has_mtn) & (ys > hz - ridge) & (ys < hz)
     mtn_rgb = _palette(g, n, [(0.45, 0.48, 0.58), (0.50, 0.42, 0.35), (0.38, 0.45, 0.40)], 0.05)
     shade = (1.0 + 0.12 * side.unsqueeze(1)) + 0.05 * blob
-    cv.paint(mtn, mtn_rgb * shade, LABEL_INDEX["mountain"])
+    cv.paint(mtn, LABEL_INDEX["mountain"], mtn_rgb, shade.squeeze(1))
 
     # Ground: grass everywhere below the horizon, then water and road on top of it.
     ground = ys >= hz
     grass_rgb = _palette(g, n, [(0.45, 0.68, 0.25), (0.58, 0.70, 0.30), (0.40, 0.60, 0.30)], 0.04)
-    cv.paint(ground, grass_rgb * (1.0 + 0.10 * blob + 0.05 * fine), LABEL_INDEX["grass"])
+    cv.paint(ground, LABEL_INDEX["grass"], grass_rgb, (1.0 + 0.10 * blob + 0.05 * fine).squeeze(1))
 
     has_water = torch.rand(n, generator=g) < 0.5
     w_depth = _u(g, (n,), 6, 14) * f
     w_x0 = torch.where(torch.rand(n, generator=g) < 0.5, torch.zeros(n), _u(g, (n,), 0, 30) * f)
     w_x1 = torch.minimum(w_x0 + _u(g, (n,), 28, 64) * f, torch.full((n,), float(S)))
     water = col(has_water) & ground & (ys < hz + col(w_depth)) & (xs >= col(w_x0)) & (xs < col(w_x1))
-    ripple = 0.06 * torch.sin(ys * (1.6 / f) + 3 * blob.squeeze(1)).unsqueeze(1)
-    water_rgb = (0.55 * zenith + 0.45 * _col((0.10, 0.30, 0.55))) * (1.0 + ripple)
-    cv.paint(water, water_rgb, LABEL_INDEX["water"])
+    ripple = 0.06 * torch.sin(ys * (1.6 / f) + 3 * blob.squeeze(1))
+    water_rgb = 0.55 * zenith + 0.45 * _col((0.10, 0.30, 0.55))
+    cv.paint(water, LABEL_INDEX["water"], water_rgb, 1.0 + ripple)
 
     has_road = torch.rand(n, generator=g) < 0.6
     road_top = torch.where(has_water, horizon + w_depth, horizon)
@@ -225,7 +275,7 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
     half = 1.0 * f + (col(bw) - 1.0 * f) * frac
     road = col(has_road) & (ys >= col(road_top)) & ((xs - centre).abs() < half)
     road_rgb = _palette(g, n, [(0.42, 0.42, 0.44), (0.55, 0.52, 0.48), (0.32, 0.32, 0.35)], 0.04)
-    cv.paint(road, road_rgb * (1.0 + 0.05 * fine), LABEL_INDEX["road"])
+    cv.paint(road, LABEL_INDEX["road"], road_rgb, grain[0.05])
 
     # Buildings and trees stand on the ground; depth = base row (nearer = lower).
     boxes = torch.zeros(n, MAX_BUILDINGS, 4)
@@ -242,7 +292,8 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
         boxes[:, b] = torch.stack([x0, y0, x1, y1], dim=1)
         active[:, b] = on
         depth = col(base)
-        wall = col(on) & (xs >= col(x0)) & (xs < col(x1)) & (ys >= col(y0)) & (ys < col(y1))
+        wall_x = col(on) & (xs >= col(x0)) & (xs < col(x1))
+        wall_y = (ys >= col(y0)) & (ys < col(y1))
         brick = torch.rand(n, generator=g) < 0.5
         plain_rgb = _palette(g, n, [(0.88, 0.84, 0.74), (0.80, 0.80, 0.82), (0.70, 0.76, 0.86), (0.90, 0.78, 0.60)], 0.05)
         brick_rgb = _palette(g, n, [(0.66, 0.28, 0.20), (0.58, 0.32, 0.22), (0.72, 0.38, 0.26)], 0.05)
@@ -251,36 +302,39 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
         course = torch.div(ry, 3, rounding_mode="floor")
         joint_x = ((xs - col(x0)) / f + 3 * (course % 2)) % 6
         mortar = ((ry % 3) == 2) | (joint_x < 1)
-        brick_tex = torch.where(mortar.unsqueeze(1), _col((0.82, 0.78, 0.72)), brick_rgb * (1.0 + 0.06 * fine))
-        plain_tex = plain_rgb * (1.0 + 0.03 * fine)
-        wall_tex = torch.where(col(brick).unsqueeze(1), brick_tex, plain_tex)
-        cv.paint(wall & col(brick), wall_tex, LABEL_INDEX["brick"], depth)
-        cv.paint(wall & ~col(brick), wall_tex, LABEL_INDEX["building"], depth)
+        mortar_w = mortar.to(fine.dtype)
+        brick_shade = grain[0.06] * (1 - mortar_w)
+        mortar_rgb = _col((0.82, 0.78, 0.72))
+        cv.paint((wall_x & col(brick)) & wall_y, LABEL_INDEX["brick"], brick_rgb, brick_shade,
+                 color2=mortar_rgb, shade2=mortar_w, depth=depth)
+        cv.paint((wall_x & ~col(brick)) & wall_y, LABEL_INDEX["building"], plain_rgb, grain[0.03], depth=depth)
 
         roof_kind = torch.rand(n, generator=g)  # < 0.45 gable roof, < 0.85 dome, else flat
         rh = _u(g, (n,), 6, 11) * f
         cxw = col(x0 + ww / 2)
         over = 1.5 * f
-        gable = (ys < col(y0)) & (ys >= col(y0) - col(rh)) & (
+        gable = (col(on & (roof_kind < 0.45)) & (ys < col(y0)) & (ys >= col(y0) - col(rh))) & (
             (xs - cxw).abs() < (col(ww / 2) + over) * (1 - (col(y0) - ys) / col(rh))
         )
         roof_rgb = _palette(g, n, [(0.55, 0.18, 0.15), (0.30, 0.30, 0.35), (0.45, 0.30, 0.20)], 0.05)
-        cv.paint(col(on & (roof_kind < 0.45)) & gable, roof_rgb * (1.0 + 0.05 * fine), LABEL_INDEX["roof"], depth)
+        cv.paint(gable, LABEL_INDEX["roof"], roof_rgb, grain[0.05], depth=depth)
         dw = ww * _u(g, (n,), 0.35, 0.48)
-        dome = (ys < col(y0)) & (((xs - cxw) / col(dw)) ** 2 + ((ys - col(y0)) / col(rh)) ** 2 < 1)
-        dome_rgb = _palette(g, n, [(0.35, 0.55, 0.50), (0.85, 0.70, 0.30), (0.55, 0.60, 0.70)], 0.05)
-        dshade = 1.0 + 0.15 * ((cxw - xs) / col(dw)).clamp(-1, 1).unsqueeze(1)
         dome_on = on & (roof_kind >= 0.45) & (roof_kind < 0.85)
-        cv.paint(col(dome_on) & dome, dome_rgb * dshade, LABEL_INDEX["dome"], depth)
+        dome = (col(dome_on) & (ys < col(y0))) & (((xs - cxw) / col(dw)) ** 2 + ((ys - col(y0)) / col(rh)) ** 2 < 1)
+        dome_rgb = _palette(g, n, [(0.35, 0.55, 0.50), (0.85, 0.70, 0.30), (0.55, 0.60, 0.70)], 0.05)
+        dshade = 1.0 + 0.15 * ((cxw - xs) / col(dw)).clamp(-1, 1)
+        cv.paint(dome, LABEL_INDEX["dome"], dome_rgb, dshade, depth=depth)
 
         # Door at the foot of the wall, windows in the wall's upper half.
         has_door = torch.rand(n, generator=g) < 0.95
         dwid = torch.maximum(ww * _u(g, (n,), 0.2, 0.3), torch.full((n,), 4.5 * f))
         dhei = torch.maximum(wh * _u(g, (n,), 0.38, 0.5), torch.full((n,), 7 * f))
         dcx = x0 + ww / 2 + ww * _u(g, (n,), -0.2, 0.2)
-        door = (xs >= col(dcx - dwid / 2)) & (xs < col(dcx + dwid / 2)) & (ys >= col(y1 - dhei)) & (ys < col(y1))
+        door = (col(on & has_door) & (xs >= col(dcx - dwid / 2)) & (xs < col(dcx + dwid / 2))) & (
+            (ys >= col(y1 - dhei)) & (ys < col(y1))
+        )
         door_rgb = _palette(g, n, [(0.30, 0.18, 0.10), (0.15, 0.20, 0.35), (0.45, 0.12, 0.10)], 0.04)
-        cv.paint(col(on & has_door) & door, door_rgb, LABEL_INDEX["door"], depth)
+        cv.paint(door, LABEL_INDEX["door"], door_rgb, depth=depth)
 
         ws = _u(g, (n,), 4.5, 6.5) * f
         ncols = torch.where(ww > 22 * f, 3, 2)
@@ -297,10 +351,11 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
             fx = torch.where(ncols == 3, torch.tensor([0.18, 0.5, 0.82])[c], torch.tensor([0.25, 0.75, 0.0])[c])
             wx = x0 + ww * fx - ws / 2
             win_cols |= col(c < ncols) & (xs >= col(wx)) & (xs < col(wx + ws))
-        cv.paint(col(on) & win_rows & win_cols, win_rgb, LABEL_INDEX["window"], depth)
+        cv.paint((col(on) & win_rows) & win_cols, LABEL_INDEX["window"], win_rgb, depth=depth)
 
     tree_rgb = _palette(g, n, [(0.13, 0.36, 0.14), (0.18, 0.30, 0.10), (0.10, 0.28, 0.20)], 0.03)
     trunk_rgb = _col((0.35, 0.24, 0.14))
+    leaf_grain = (1.0 + 0.18 * blob + 0.08 * fine).squeeze(1)
     for _ in range(MAX_TREES):
         on = torch.rand(n, generator=g) < 0.55
         base = torch.where(has_water, horizon + w_depth, horizon) + _u(g, (n,), 2, 38) * f
@@ -310,21 +365,26 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
         rad = _u(g, (n,), 4.5, 8) * f
         conifer = torch.rand(n, generator=g) < 0.35
         depth = col(base)
-        trunk = (ys < col(base)) & (ys >= col(base - trunk_h - rad)) & ((xs - col(tx)).abs() < 1.2 * f)
+        trunk = (col(on) & (ys < col(base)) & (ys >= col(base - trunk_h - rad))) & ((xs - col(tx)).abs() < 1.2 * f)
         fy = base - trunk_h - rad
-        round_crown = ((xs - col(tx)) ** 2 + ((ys - col(fy)) * 0.9) ** 2) < col(rad) ** 2
+        # A round crown, or a cone for conifers; a tree that is off gets neither (radius^2 -1).
+        round_r2 = torch.where(on & ~conifer, rad**2, torch.full((n,), -1.0))
+        round_crown = ((xs - col(tx)) ** 2 + ((ys - col(fy)) * 0.9) ** 2) < col(round_r2)
         top = fy - 1.6 * rad
         bottom = base - trunk_h
-        cone = (ys >= col(top)) & (ys < col(bottom)) & (
+        cone = (col(on & conifer) & (ys >= col(top)) & (ys < col(bottom))) & (
             (xs - col(tx)).abs() < col(rad) * 0.95 * (ys - col(top)) / col(bottom - top)
         )
-        crown = torch.where(col(conifer), cone, round_crown)
-        tex = tree_rgb * (1.0 + 0.18 * blob + 0.08 * fine - 0.12 * ((xs - col(tx)) / col(rad)).clamp(-1, 1).unsqueeze(1))
-        both = torch.where(crown.unsqueeze(1), tex, trunk_rgb.expand(n, 3, S, S))
-        cv.paint(col(on) & (crown | trunk), both, LABEL_INDEX["tree"], depth)
+        crown = cone | round_crown
+        leaf = leaf_grain - 0.12 * ((xs - col(tx)) / col(rad)).clamp(-1, 1)
+        crown_w = crown.to(leaf.dtype)
+        cv.paint(
+            crown | trunk, LABEL_INDEX["tree"], tree_rgb, leaf * crown_w,
+            color2=trunk_rgb, shade2=1 - crown_w, depth=depth,
+        )
 
-    img = (cv.img * light).clamp(0, 1) * 2 - 1
-    return SceneBatch(images=img, labels=cv.lab, horizon=horizon, building_boxes=boxes, building_active=active)
+    img = (cv.image() * light).clamp(0, 1) * 2 - 1
+    return SceneBatch(images=img, labels=cv.label_map(), horizon=horizon, building_boxes=boxes, building_active=active)
 
 
 def label_frequencies(labels: torch.Tensor, num_labels: int = len(LABELS)) -> torch.Tensor:
