@@ -183,7 +183,16 @@ def train(args: argparse.Namespace) -> None:
         torch.save(state, tmp)
         tmp.replace(ckpt_path)
 
+    def snapshot() -> None:
+        # A copy of the EMA generator at this step, so a run can be judged (and a
+        # checkpoint chosen) after the fact by `gdx.scenes.evaluate`.
+        from safetensors.torch import save_file
+
+        sd = {k: v.to(torch.float16).contiguous() for k, v in g_ema.state_dict().items()}
+        save_file(sd, str(out / f"snapshot_{step:06d}.safetensors"), metadata={"sizes": json.dumps(sizes)})
+
     t_last_ckpt = time.time()
+    t_last_snap = time.time()
     t0 = time.time() - elapsed
     t_log = time.time()
     deadline = time.time() + args.minutes * 60
@@ -224,7 +233,7 @@ def train(args: argparse.Namespace) -> None:
             t_log = time.time()
             print(
                 f"step {step} min {elapsed / 60:.1f} it/s {rate:.2f} loss_d {loss_d.item():.3f} "
-                f"loss_g {loss_g.item():.3f}",
+                f"loss_g {loss_g.item():.3f} cpu_min {time.process_time() / 60:.1f}",
                 flush=True,
             )
         if time.time() - t_last_ckpt > args.checkpoint_minutes * 60:
@@ -232,7 +241,12 @@ def train(args: argparse.Namespace) -> None:
             with torch.no_grad():
                 _save_grid(g_ema(fixed_z), out / "samples.png")
             t_last_ckpt = time.time()
+        if args.snapshot_minutes and time.time() - t_last_snap > args.snapshot_minutes * 60:
+            snapshot()
+            t_last_snap = time.time()
     save()
+    if args.snapshot_minutes:
+        snapshot()
     with torch.no_grad():
         _save_grid(g_ema(fixed_z), out / "samples.png")
     print(f"done: step {step}, {elapsed / 60:.1f} min", flush=True)
@@ -252,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10**9)
     p.add_argument("--minutes", type=float, default=60.0, help="stop after this much wall time")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument(
+        "--snapshot-minutes", type=float, default=0.0, help="also keep the EMA generator every N minutes (0: never)"
+    )
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-bf16", dest="bf16", action="store_false")
