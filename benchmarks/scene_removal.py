@@ -2,14 +2,15 @@
 
 For each concept: dissect the layer (IoU initialises alpha), learn alpha on samples of
 ``--seed``, then on held-out samples of ``--eval-seed`` ablate the top-20 alpha units
-and 20 random units of the same layer and report the fraction of the concept's pixels
+and 20 random units of the same layer (mean of --control-draws draws) and report the fraction of the concept's pixels
 removed, plus the largest change of any other concept. Writes JSON and Markdown.
 
     python benchmarks/scene_removal.py --concepts tree,door,dome,window,cloud \
         --layer layer4 --samples 300 --epochs 3 --out runs/scene-removal
 
 ``--gen/--seg`` default to the bundled "scene" models; any registered pair works when
-its segmenter exposes ``segment_logits`` (or ``segment_probs``).
+its segmenter exposes ``segment_logits`` (or ``segment_probs``) for alpha (see
+:func:`gdx.segment_probs`).
 """
 
 from __future__ import annotations
@@ -20,33 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import gdx
 from gdx.causal import removal_table
-from gdx.dissect import resize_for
-
-
-def soft_probs(segmenter: gdx.Segmenter):
-    """Class probabilities for alpha optimisation.
-
-    Uses the segmenter's own ``segment_logits``/``segment_probs`` when it has one
-    (:func:`gdx.segment_probs`). The bundled scene segmenter wraps its logits network as
-    ``segmenter.fn.net`` (a ``SceneSegmenterNet``: [-1, 1] images at 64 x 64 -> logits);
-    until it exposes ``segment_logits`` itself, this reads the logits from there.
-    """
-    if any(callable(getattr(t, m, None)) for t in (segmenter, getattr(segmenter, "fn", None))
-           for m in ("segment_logits", "segment_probs")):
-        return None
-    net = getattr(getattr(segmenter, "fn", None), "net", None)
-    if not isinstance(net, nn.Module):
-        raise gdx.NotDifferentiableError(f"segmenter {segmenter.name!r} has no logits to optimise through")
-
-    def probs(images: torch.Tensor) -> torch.Tensor:
-        # the same resize as segment(); the network takes [-1, 1] at a multiple of 16
-        return torch.softmax(net(resize_for(segmenter, images).clamp(-1, 1)), dim=1)
-
-    return probs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,17 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--insert-weight", type=float, default=1.0, help="weight of the insertion term (0: ablation only)")
     p.add_argument("--ablation-read", default="image", choices=["image", "concept"],
                    help="where the ablation term is read (optimize_units)")
+    p.add_argument("--control-draws", type=int, default=5, help="draws of random units averaged into the control")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--plugin", action="append", default=[],
-                   help="extra plugin module to register (e.g. one not yet in DEFAULT_PLUGINS)")
     p.add_argument("--out", default="runs/scene-removal")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    import importlib
-
-    extra = [importlib.import_module(m) for m in args.plugin if m not in gdx.manager.DEFAULT_PLUGINS]
-    reg = gdx.PluginRegistry(plugins=extra) if extra else gdx.default_registry()
+    reg = gdx.default_registry()
     gen = reg.build("generator", args.gen, **gdx.manager.parse_options(reg.info("generator", args.gen), args.gen_opt))
     seg = reg.build("segmenter", args.seg, **gdx.manager.parse_options(reg.info("segmenter", args.seg), args.seg_opt))
     out = Path(args.out)
@@ -89,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     table = removal_table(
         gen, seg, args.layer, concepts, top=args.top, method=args.method, samples=args.samples, seed=args.seed,
         eval_seed=args.eval_seed, epochs=args.epochs, init=dissection, batch_size=args.batch_size,
-        probs=soft_probs(seg) if args.method == "alpha" else None,
+        control_draws=args.control_draws,
         **({"mode": args.mode, "insert_weight": args.insert_weight, "ablation_read": args.ablation_read}
            if args.method == "alpha" else {}),
         progress=lambda s: print(f"[{time.time() - started:.0f} s] {s}", flush=True),

@@ -714,7 +714,13 @@ def cumulative_effect(
 
 @dataclasses.dataclass
 class RemovalRow:
-    """One concept: removal by its top units vs. by random units, with side effects."""
+    """One concept: removal by its top units vs. by random units, with side effects.
+
+    The random control is averaged over ``len(random_draws)`` independent draws of
+    random units (one draw can hit a key unit by luck; the control asks what ablating
+    *typical* random units does). ``random_*`` figures are those means;
+    ``random_worst_side_effect`` is the largest |side effect| of any single draw.
+    """
 
     concept: str
     units: list[int]
@@ -726,6 +732,9 @@ class RemovalRow:
     coverage: float
     side_effects: dict[str, float] = dataclasses.field(default_factory=dict)
     random_side_effects: dict[str, float] = dataclasses.field(default_factory=dict)
+    random_draws: list[list[int]] = dataclasses.field(default_factory=list)
+    random_removed_draws: list[float] = dataclasses.field(default_factory=list)
+    random_worst_side_effect: float = 0.0
 
 
 @dataclasses.dataclass
@@ -746,14 +755,18 @@ class RemovalTable(_JsonResult):
     _kind = "removal_table"
 
     def to_markdown(self) -> str:
+        draws = max((len(r.get("random_draws") or [r["random_units"]]) for r in self.rows), default=1)
+        random_label = f"{self.top} random" + (f" (mean of {draws} draws)" if draws > 1 else "")
         head = (
-            f"| concept | removed by top-{self.top} ({self.method}) | removed by {self.top} random | "
-            "largest other-concept change (top) | largest other-concept change (random) |\n"
-            "|---|---|---|---|---|\n"
+            f"| concept | removed by top-{self.top} ({self.method}) | removed by {random_label} | "
+            f"largest other-concept change (top) | largest other-concept change ({random_label}) | "
+            "worst single random draw |\n"
+            "|---|---|---|---|---|---|\n"
         )
         lines = [
             f"| {r['concept']} | {r['removed']:.2f} | {r['random_removed']:+.2f} | "
-            f"{r['side_effect']:+.2f} | {r['random_side_effect']:+.2f} |"
+            f"{r['side_effect']:+.2f} | {r['random_side_effect']:+.2f} | "
+            f"{r.get('random_worst_side_effect', r['random_side_effect']):+.2f} |"
             for r in self.rows
         ]
         return head + "\n".join(lines) + "\n"
@@ -782,6 +795,7 @@ def removal_table(
     probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = None,
     side_min_coverage: float = 0.01,
+    control_draws: int = 5,
     **optimize_options: Any,
 ) -> RemovalTable:
     """For each concept: rank units (``method`` "alpha", "iou" or "ace") on samples of
@@ -793,8 +807,11 @@ def removal_table(
     least ``side_min_coverage`` of the pixels (relative changes of rarer concepts are
     noise-dominated; every concept's figure stays in the row's ``side_effects``).
     ``probs`` and ``optimize_options`` (``mode``, ``insert_weight``, ``lr``...) are passed
-    to :func:`optimize_units`.
+    to :func:`optimize_units`. The random control is the mean over ``control_draws``
+    draws of random units (seeds ``control_seed``, ``control_seed + 1``, ...).
     """
+    if control_draws < 1:
+        raise InterventionError(f"control_draws must be at least 1, got {control_draws}")
     rows = []
     n_units = None
     for concept in concepts:
@@ -816,29 +833,37 @@ def removal_table(
             raise InterventionError(f"unknown ranking method {method!r}: use 'alpha', 'iou' or 'ace'")
         n_units = ranking.scores.numel()
         units = ranking.top(top)
-        control = random_units(n_units, top, seed=control_seed)
+        controls = [random_units(n_units, top, seed=control_seed + d) for d in range(control_draws)]
         runner = EffectRunner(
             generator, segmenter, layer, concept, samples=samples, seed=eval_seed, batch_size=batch_size
         )
         if progress:
             progress(f"measuring {concept!r}")
         eff = runner.effect(units, insert=False)
-        ctl = runner.effect(control, insert=False)
+        ctls = [runner.effect(control, insert=False) for control in controls]
         coverage = runner.baseline().mean(0)
         major = {name for j, name in enumerate(segmenter.labels) if float(coverage[j]) >= side_min_coverage}
+        random_side = {
+            name: sum(c.side_effects[name] for c in ctls) / len(ctls) for name in ctls[0].side_effects
+        }
         rows.append(
             dataclasses.asdict(
                 RemovalRow(
                     concept=runner.concept,
                     units=units,
                     removed=eff.removed,
-                    random_units=control,
-                    random_removed=ctl.removed,
+                    random_units=controls[0],
+                    random_removed=sum(c.removed for c in ctls) / len(ctls),
                     side_effect=_signed_max(eff.side_effects, major),
-                    random_side_effect=_signed_max(ctl.side_effects, major),
+                    random_side_effect=_signed_max(random_side, major),
                     coverage=float(eff.before.mean()),
                     side_effects=eff.side_effects,
-                    random_side_effects=ctl.side_effects,
+                    random_side_effects=random_side,
+                    random_draws=controls,
+                    random_removed_draws=[c.removed for c in ctls],
+                    random_worst_side_effect=_signed_max(
+                        {f"{d}:{k}": v for d, c in enumerate(ctls) for k, v in c.side_effects.items() if k in major}
+                    ),
                 )
             )
         )

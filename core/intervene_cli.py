@@ -329,11 +329,13 @@ def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed,
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--eval-seed", default=1, show_default=True, type=int, help="Seed of the held-out measurement samples.")
+@click.option("--control-draws", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Independent draws of random units averaged into the control.")
 @click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="A 'gdx run' folder (IoU for --method iou; alpha initialisation otherwise).")
 @friendly_errors
 def removal_table_cmd(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, concepts, method,
-                      top, epochs, eval_seed, run_dir):
+                      top, epochs, eval_seed, control_draws, run_dir):
     """The paper's table: fraction of each concept removed by its top units vs random units."""
     from gdx.causal import removal_table
 
@@ -342,7 +344,7 @@ def removal_table_cmd(gen, seg, gen_opts, seg_opts, device, layer, samples, seed
     init = _dissection_for(run_dir, layer) if run_dir else None
     table = removal_table(generator, segmenter, layer, [c.strip() for c in concepts.split(",") if c.strip()],
                           top=top, method=method, samples=samples, seed=seed, eval_seed=eval_seed, epochs=epochs,
-                          init=init, batch_size=batch_size, progress=_say)
+                          init=init, batch_size=batch_size, control_draws=control_draws, progress=_say)
     folder = _out_dir(out, f"removal-{gen_name}")
     table.save(folder / "removal_table.json")
     (folder / "removal_table.md").write_text(table.to_markdown())
