@@ -19,9 +19,10 @@ from gdx.errors import CheckpointError
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: Default layer for ``gdx run``: the GAN's first 16x16 layer, the middle layer with
-#: interpretable units for the most concepts (10 of 14 measured; layer4 at 8x8: 7). The
-#: VAE decoder's ``layer4`` (8x8) is its own best middle layer.
+#: Default layer for ``gdx run``: the GAN's first 16x16 layer (128 units), where units are
+#: interpretable for 10 concepts (layer4 at 8x8: 11, layer6: 12) and ablating the top-20
+#: units removes more than half of tree, door, dome, cloud and roof (docs/intervention.md).
+#: The VAE decoder's ``layer4`` (8x8) is its own best middle layer.
 DEFAULT_LAYERS = {"scene": "layer5", "scene-vae": "layer4"}
 
 
