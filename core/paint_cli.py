@@ -41,15 +41,18 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, 
     from gdx.cli_common import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered
     from gdx.paint.models import engine_from_run, quick_dissection
 
-    torch.set_grad_enabled(False)
-    if run_dir is None:
-        gen = gen or first_registered("generator", DEFAULT_GENERATORS)
-        seg = seg or first_registered("segmenter", DEFAULT_SEGMENTERS)
-        run_dir = quick_dissection(gen, seg, tuple(gen_opts), tuple(seg_opts), layer, samples=samples,
-                                   log=lambda m: click.echo(m, err=True))
-    elif gen:
-        click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
-    engine = engine_from_run(run_dir, layer, iou_min=iou_min)
+    # A context, not torch.set_grad_enabled(False): the command also runs in-process
+    # (click's CliRunner, tools embedding gdx), where a global switch would leak. The
+    # engine's edits run under their own no_grad.
+    with torch.no_grad():
+        if run_dir is None:
+            gen = gen or first_registered("generator", DEFAULT_GENERATORS)
+            seg = seg or first_registered("segmenter", DEFAULT_SEGMENTERS)
+            run_dir = quick_dissection(gen, seg, tuple(gen_opts), tuple(seg_opts), layer, samples=samples,
+                                       log=lambda m: click.echo(m, err=True))
+        elif gen:
+            click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
+        engine = engine_from_run(run_dir, layer, iou_min=iou_min)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.secho(f"WARNING: listening on {host}: anyone who can reach this machine can use the model "
                     "(there is no authentication).", fg="red", err=True)

@@ -22,9 +22,11 @@ def report(run_dir, out, top_k, image_size, no_images):
 
     from gdx.report import write_report
 
-    torch.set_grad_enabled(False)
-    index = write_report(run_dir, out, top_k=top_k, image_size=image_size, images=not no_images,
-                         progress=lambda msg: click.echo(msg, err=True))
+    # A context, not torch.set_grad_enabled(False): the command also runs in-process
+    # (click's CliRunner, tools embedding gdx), where a global switch would leak.
+    with torch.no_grad():
+        index = write_report(run_dir, out, top_k=top_k, image_size=image_size, images=not no_images,
+                             progress=lambda msg: click.echo(msg, err=True))
     click.echo(str(index))
 
 

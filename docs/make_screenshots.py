@@ -83,7 +83,8 @@ def main() -> None:
         page.screenshot(path=str(HERE / "report.png"))
         if errors:
             raise SystemExit(f"console errors on the report: {errors}")
-    engine = engine_from_run(run, best_layer_for(run, layers, args.concept))
+    iou_min = 0.03 if args.concept == "tree" else None  # as the browser test: see tests/test_paint_browser.py
+    engine = engine_from_run(run, best_layer_for(run, layers, args.concept, iou_min=iou_min), iou_min=iou_min)
     spot = empty_spot(engine, gdx_segmenter(run), args.concept)
     with serve(create_app(engine)) as url, chromium_page(viewport=(1100, 640)) as (page, errors):
         page.goto(url)

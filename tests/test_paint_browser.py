@@ -30,15 +30,17 @@ def world(tmp_path_factory):
     from gdx.paint import engine_from_run
 
     if scene_available():
-        # paint on the block layer with the most tree units (the paper paints at the layer
-        # where the concept's units are; for the small scene GAN that is not always layer4)
-        name, samples, ground = "scene", 200, "grass"
+        # Paint on the layer whose tree units draw trees (for the shipped scene GAN: the
+        # 16x16 layer6, not the 8x8 layer4 with more tree-labelled units). Its tree units
+        # have IoU 0.03-0.1, and the default 0.05 cut-off keeps 4 of them, too few to draw
+        # a tree: like `gdx paint --iou-min 0.03`, admit units above 0.03.
+        name, samples, ground, iou_min = "scene", 200, "grass", 0.03
         layers = ["layer4", "layer5", "layer6"]
     else:
-        name, samples, ground = "toy", 120, None
+        name, samples, ground, iou_min = "toy", 120, None, None
         layers = ["features"]
     run = make_run(tmp_path_factory.mktemp("run"), name, name, layers, samples=samples)
-    engine = engine_from_run(run, best_layer_for(run, layers, "tree"))
+    engine = engine_from_run(run, best_layer_for(run, layers, "tree", iou_min=iou_min), iou_min=iou_min)
     seg = gdx.load_segmenter(name)
     ground_index = list(seg.labels).index(ground) if ground else -1  # toy: -1 is the empty sky
     return engine, seg, ground_index

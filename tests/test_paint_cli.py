@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gdx_browser import make_run
@@ -28,6 +29,7 @@ def test_paint_with_run_and_exposed_host(tmp_path, served):
     app, kw = served[0]
     assert kw["host"] == "0.0.0.0" and kw["port"] == 9123
     assert "/api/edit" in app.openapi()["paths"]
+    assert torch.is_grad_enabled(), "gdx paint must not switch autograd off for the process that embeds it"
 
 
 def test_paint_default_host_is_local_and_dissection_is_cached(tmp_path, served, monkeypatch):

@@ -139,6 +139,9 @@ def test_cli_report_and_compare(toy_run, tmp_path):
     res = runner.invoke(report, [str(toy_run), "--out", str(tmp_path / "r"), "--top-k", "3"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "index.html").is_file()
+    # Run in-process, the command must not switch autograd off for its host (it used to
+    # call torch.set_grad_enabled(False), which broke a later optimize_units in the suite).
+    assert torch.is_grad_enabled()
     bad = runner.invoke(report, [str(tmp_path / "r")])
     assert bad.exit_code == 1 and "run.json" in bad.output and "Traceback" not in bad.output
     res = runner.invoke(compare, [str(toy_run), str(toy_run / "features"), "--out", str(tmp_path / "c")])
