@@ -4,9 +4,9 @@ Why: gdx ships small trained models (a GAN, a VAE, a segmenter) so that dissecti
 offline; they are trained on these scenes, whose labels are exact by construction.
 
 Every scene is drawn in one vectorised pass over a batch (torch tensors, no Python loop over
-scenes), so thousands of 64x64 scenes render per second on one CPU core. All geometry is
-defined on a 64-pixel grid and scaled, so ``size=128`` draws the same scenes at double
-resolution. The context rules the paper relies on hold by construction:
+scenes), about a thousand 64x64 scenes per second per CPU core
+(``benchmarks/render_speed.py``). All geometry is defined on a 64-pixel grid and scaled,
+so ``size=128`` draws the same scenes at double resolution. The context rules the paper relies on hold by construction:
 
 * doors and windows are parts of a building and lie inside its wall rectangle;
 * clouds and the sun lie strictly above the horizon (only in the sky);
@@ -99,9 +99,9 @@ class _Canvas:
 
     Why deferred: every texture in this world is ``color * shade + color2 * shade2`` with
     per-scene colours (N x 3) and one-channel shade maps. So a paint only records, per
-    pixel, which paint call won (its slot), the label, the depth and the two shade values
-    (one-channel work), and the RGB image is assembled once at the end by looking the
-    colours up by slot. Compositing full RGB frames once per object was most of the time.
+    pixel, which paint call won (its slot, which also gives the label), the depth and the
+    two shade values (one-channel work), and the RGB image and the label map are looked
+    up by slot once at the end. Compositing full RGB frames once per object was most of the time.
     """
 
     def __init__(self, n: int, size: int) -> None:
@@ -133,6 +133,8 @@ class _Canvas:
         """
         if depth is not None:
             mask = mask & (depth >= self.depth)
+        if len(self.colors) > 255:
+            raise ValueError("a canvas holds at most 255 paint calls (its slot map is uint8)")
         weight = mask.to(self.shade.dtype)
         # lerp with a 0/1 weight is an exact select (end - (end - start) * 0 at weight 1),
         # and much faster than torch.where with a broadcast boolean mask on the CPU.
