@@ -153,20 +153,19 @@ def _generator_quality(name: str, segmenter) -> tuple[float, dict[str, float]]:
 
 
 @pytest.mark.slow
-def test_scene_gan_label_distribution_matches_rendered_data(scene_segmenter):
-    tv, freq = _generator_quality("scene", scene_segmenter)
+@pytest.mark.parametrize(
+    "name, tv_max, min_concepts, required",
+    [
+        ("scene", 0.10, 10, {"tree", "door", "window"}),  # the GAN: close to the data, small parts included
+        ("scene-vae", 0.25, 6, set()),  # the VAE: blurrier, so a looser bar (docs/scenes.md says why)
+    ],
+)
+def test_generator_label_distribution_is_close_to_rendered_data(scene_segmenter, name, tv_max, min_concepts, required):
+    tv, freq = _generator_quality(name, scene_segmenter)
     present = {k for k, v in freq.items() if v >= 0.005}
-    assert tv <= 0.10, f"TV {tv:.3f}; frequencies {freq}"
-    assert len(present) >= 10, f"only {sorted(present)} cover >= 0.5% of pixels"
-    assert {"tree", "door", "window"} <= present, f"frequencies {freq}"
-
-
-@pytest.mark.slow
-def test_scene_vae_label_distribution_is_close_to_rendered_data(scene_segmenter):
-    tv, freq = _generator_quality("scene-vae", scene_segmenter)
-    present = {k for k, v in freq.items() if v >= 0.005}
-    assert tv <= 0.25, f"TV {tv:.3f}; frequencies {freq}"
-    assert len(present) >= 6, f"only {sorted(present)} cover >= 0.5% of pixels"
+    assert tv <= tv_max, f"TV {tv:.3f}; frequencies {freq}"
+    assert len(present) >= min_concepts, f"only {sorted(present)} cover >= 0.5% of pixels"
+    assert required <= present, f"frequencies {freq}"
 
 
 def test_rendered_label_frequency_helper_sums_to_one():

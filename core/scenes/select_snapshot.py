@@ -120,20 +120,14 @@ def best(scores: list[SnapshotScore]) -> SnapshotScore:
 def export(run: Path, score: SnapshotScore, dest: Path) -> None:
     import shutil
 
+    from gdx.scenes.train_gan import plugin_config
+
     sizes = run_sizes(run, score.path)
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(score.path, dest)
-    config = {
-        "arch": "progan",
-        "sizes": sizes,
-        "resolution": 64,
-        "latent_shape": [sizes[0]],
-        "steps": score.step,
-        "seed": int(state["seed"]),
-        "run_steps": int(state["step"]),
-        "run_train_seconds": float(state["elapsed"]),
-    }
+    config = plugin_config(sizes, steps=score.step, seed=int(state["seed"]), run_steps=int(state["step"]),
+                           run_train_seconds=float(state["elapsed"]))
     dest.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
 
 

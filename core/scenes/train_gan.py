@@ -120,16 +120,14 @@ def export_ema(checkpoint: Path, dest: Path) -> None:
     sd = {k: v.to(torch.float16).contiguous() for k, v in state["g_ema"].items()}
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(dest), metadata={"format": "pt", "arch": "progan", "sizes": json.dumps(state["sizes"])})
-    config = {
-        "arch": "progan",
-        "sizes": state["sizes"],
-        "resolution": 64,
-        "latent_shape": [state["sizes"][0]],
-        "steps": int(state["step"]),
-        "seed": int(state["seed"]),
-        "train_seconds": float(state["elapsed"]),
-    }
+    config = plugin_config(state["sizes"], steps=int(state["step"]), seed=int(state["seed"]),
+                           train_seconds=float(state["elapsed"]))
     dest.with_suffix(".json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def plugin_config(sizes: list[int], **provenance: object) -> dict[str, object]:
+    """The JSON config the ``scene`` generator plugin reads beside the weights (plus provenance)."""
+    return {"arch": "progan", "sizes": list(sizes), "resolution": 64, "latent_shape": [sizes[0]], **provenance}
 
 
 def train(args: argparse.Namespace) -> None:
