@@ -16,8 +16,10 @@ from gdx.errors import (
     CheckpointError,
     GdxError,
     GeneratorOutputError,
+    InterventionError,
     MissingDependencyError,
     NonFiniteError,
+    NotDifferentiableError,
     ResultFormatError,
     SegmenterOutputError,
     UnknownAdapterError,
@@ -29,13 +31,13 @@ from gdx.wrappers import seeded_normal, wrap_generator, wrap_segmenter
 from gdx.manager import PluginRegistry, default_registry
 from gdx.tracing import StopForward, Trace, resolve_layers
 from gdx.results import Dissection, DissectionSettings, Summary, UnitLabel
-from gdx.dissect import DissectionRun, dissect
-from gdx.intervene import Edit, Intervention, InterventionError, insertion_values, intervene, unit_quantiles
+from gdx.dissection import DissectionRun, dissect
+from gdx.intervention import Edit, Intervention, intervene
+from gdx.values import insertion_values, unit_quantiles
 from gdx.causal import (
     CausalEffect,
     CumulativeCurve,
     LocationMap,
-    NotDifferentiableError,
     RemovalTable,
     UnitRanking,
     causal_effect,
@@ -63,7 +65,7 @@ def load_segmenter(name: str, **options):
     return default_registry().load_segmenter(name, **options)
 
 
-__version__ = "0.1.0"
+from gdx._version import __version__
 
 __all__ = [
     "ArtifactRepair",

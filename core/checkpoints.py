@@ -3,7 +3,7 @@
 Every adapter reads weights through here so that a missing, truncated or unsafe file
 gives one clear :class:`~gdx.errors.CheckpointError` naming the file and the fix.
 Formats that need full pickle (NVIDIA ``.pkl``) go through
-:mod:`gdx.safe_unpickle`, never through plain ``pickle``.
+:mod:`gdx.plugins.generators.safe_unpickle`, never through plain ``pickle``.
 """
 
 from __future__ import annotations

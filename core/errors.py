@@ -7,6 +7,7 @@ without a traceback.
 from __future__ import annotations
 
 import difflib
+import pickle
 from collections.abc import Iterable
 
 
@@ -74,3 +75,46 @@ class ResultFormatError(GdxError, ValueError):
 
 class MissingDependencyError(GdxError, ImportError):
     """An optional package an adapter or command needs is not installed (names the extra)."""
+
+
+class DuplicateAdapterError(GdxError, ValueError):
+    """Two plugins registered the same generator, segmenter or metric name."""
+
+
+class InterventionError(GdxError, ValueError):
+    """An edit that cannot be applied (bad units, value or region)."""
+
+
+class NotDifferentiableError(GdxError, TypeError):
+    """The segmenter gives labels only; optimising units needs class probabilities."""
+
+
+class RepairError(GdxError, ValueError):
+    """An artifact-repair search that cannot run (no candidates, bad sizes, no real images)."""
+
+
+class MetricSetupError(GdxError, ValueError):
+    """A quality metric that lacks what it needs (weights, reference data, a module)."""
+
+
+class RunFolderError(GdxError):
+    """A run folder in a state the request does not fit (finished, unfinished, damaged)."""
+
+
+class ResumeError(RunFolderError):
+    """A checkpoint that does not belong to the requested run."""
+
+
+class PaintError(GdxError, ValueError):
+    """A GANPaint request that cannot be served (unknown concept, bad stroke or sample)."""
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle names a global outside the allow-list (it would run code on load).
+
+    Raised inside the restricted unpickler; the loader turns it into :class:`CheckpointError`.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.module, self.name = module, name

@@ -24,14 +24,11 @@ import torch
 from torch import nn
 
 from gdx.causal import _JsonResult
-from gdx.errors import GdxError
+from gdx.errors import GdxError, RepairError
 from gdx.interfaces import Generator, Metric
-from gdx.intervene import intervene, latent_batches, layer_output
+from gdx.intervention import intervene
+from gdx.sampling import latent_batches, layer_output
 from gdx.tracing import resolve_layers
-
-
-class RepairError(GdxError, ValueError):
-    """find_artifact_units was given a metric or data it cannot use."""
 
 
 @dataclasses.dataclass

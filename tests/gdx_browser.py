@@ -56,7 +56,7 @@ def best_layer_for(run: Path, layers: list[str], concept: str, *, samples: int =
     """
     import torch
 
-    from gdx.intervene import segment_images
+    from gdx.sampling import segment_images
     from gdx.paint import engine_from_run
     from gdx.paint.engine import Stroke
 

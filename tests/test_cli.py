@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import gdx
 from gdx.cli import cli
-from gdx.toy import TOY_LABELS, toy_segment
+from gdx.plugins.toy_world import TOY_LABELS, toy_segment
 
 
 def invoke(*args):

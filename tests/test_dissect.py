@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import gdx
 from gdx.stats import iqr_from_counts
-from gdx.toy import TOY_LABELS, toy_segment
+from gdx.plugins.toy_world import TOY_LABELS, toy_segment
 
 
 def brute_force(gen, seg, layer, samples, seed, size=None):

@@ -23,7 +23,8 @@ from gen_formats import (
     write_stylegan3_pkl,
     _fake_nvidia_modules,
 )
-from gdx.safe_unpickle import PersistentObject, UnsafePickleError, load_stylegan_pickle, safe_loads
+from gdx.errors import UnsafePickleError
+from gdx.plugins.generators.safe_unpickle import PersistentObject, load_stylegan_pickle, safe_loads
 
 
 # -- NVIDIA .pkl ----------------------------------------------------------------------

@@ -7,7 +7,10 @@ import torch
 from torch import nn
 
 import gdx
-from gdx.intervene import Edit, InterventionError, insertion_values, intervene, layer_output, pool_region, unit_quantiles
+from gdx.errors import InterventionError
+from gdx.intervention import Edit, intervene, pool_region
+from gdx.sampling import layer_output
+from gdx.values import insertion_values, unit_quantiles
 from gdx.tracing import count_hooks
 
 

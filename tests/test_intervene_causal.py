@@ -20,7 +20,8 @@ from gdx.causal import (
     rank_by_iou,
     removal_table,
 )
-from gdx.intervene import concept_mask, intervene, segment_images
+from gdx.intervention import intervene
+from gdx.sampling import concept_mask, segment_images
 from intervene_worlds import STREET_LABELS, street_pair
 
 TREE_UNITS = [0, 1, 2]

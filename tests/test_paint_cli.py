@@ -11,7 +11,7 @@ from gdx_browser import make_run
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from gdx.paint_cli import paint  # noqa: E402
+from gdx.cli.paint import paint  # noqa: E402
 
 
 @pytest.fixture

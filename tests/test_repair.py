@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gdx.plugins.metrics.frechet import FrechetDistance, RealismScore
-from gdx.repair import ArtifactRepair, RepairError, find_artifact_units
+from gdx.errors import RepairError
+from gdx.repair import ArtifactRepair, find_artifact_units
 from gdx.tracing import count_hooks
 from intervene_worlds import artifact_generator, clean_images, magenta_critic, quadrant_features
 
@@ -37,7 +38,7 @@ def test_apply_makes_a_permanent_edit_and_saves(fd_repair, tmp_path):
     fixed = rep.apply(gen)
     assert count_hooks(gen.module) == 0  # the original is untouched
     with torch.no_grad():
-        from gdx.intervene import intervene
+        from gdx.intervention import intervene
 
         with intervene(gen, "features", rep.units):
             expected = gen.generate(z)

@@ -17,7 +17,7 @@ from gdx.errors import GdxError, ResultFormatError
 from gdx.plots import to_uint8
 from gdx.report import find_causal_results, write_compare, write_report
 from gdx.report.samples import highlight
-from gdx.report_cli import compare, report
+from gdx.cli.report import compare, report
 from gdx.results import Dissection
 from gdx.tracing import Trace
 from gdx_browser import make_run

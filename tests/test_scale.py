@@ -104,7 +104,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     from click.testing import CliRunner
 
     from gdx.cli import cli
-    from gdx.runner import RunFolder
+    from gdx.runs import RunFolder
 
     folder = tmp_path / "r"
     # a checkpoint written by a run with other settings
@@ -120,7 +120,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 def test_nan_error_keeps_the_last_checkpoint_usable(tmp_path):
-    from gdx.runner import RunFolder
+    from gdx.runs import RunFolder
 
     gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
 

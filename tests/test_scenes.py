@@ -14,7 +14,7 @@ import torch
 
 import gdx
 from gdx.scenes import CATEGORIES, LABELS, LABEL_INDEX, label_frequencies, render_scenes
-from gdx.scenes.evaluate import (
+from tools.scenes.evaluate import (
     generated_label_frequencies,
     rendered_label_frequencies,
     segmenter_miou,

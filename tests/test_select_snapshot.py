@@ -1,4 +1,4 @@
-"""Choosing and exporting a scene-GAN snapshot (gdx.scenes.select_snapshot)."""
+"""Choosing and exporting a scene-GAN snapshot (tools.scenes.select_snapshot)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import gdx
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
-from gdx.scenes import select_snapshot as sel
+from tools.scenes import select_snapshot as sel
 
 SIZES = [16, 16, 16, 8, 8, 4]  # a tiny 64x64 ProGAN
 

@@ -23,9 +23,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gdx.errors import GdxError
+from gdx.errors import GdxError, PaintError
 from gdx.interfaces import Generator
-from gdx.intervene import Edit, intervene, unit_quantiles
+from gdx.intervention import Edit, intervene
+from gdx.values import unit_quantiles
 from gdx.plots import to_uint8
 from gdx.results import Dissection
 from gdx.tracing import Trace
@@ -34,10 +35,6 @@ Mode = Literal["draw", "remove"]
 #: Most units one concept may bring into an edit.
 MAX_UNITS = 64
 DEFAULT_UNITS = 20
-
-
-class PaintError(GdxError, ValueError):
-    """A paint request that cannot be served (unknown concept, bad mask...)."""
 
 
 @dataclass(frozen=True)

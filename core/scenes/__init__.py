@@ -1,5 +1,8 @@
-"""The bundled scene world: a procedural renderer with exact labels, and the scripts that
-train the bundled scene GAN, VAE and segmenter on it."""
+"""The bundled scene world at run time: the procedural renderer with exact labels.
+
+The scripts that trained the bundled scene models live outside the package, in
+``tools/scenes/`` of the repository (they never ship in the wheel).
+"""
 
 from gdx.scenes.render import CATEGORIES, LABEL_INDEX, LABELS, SceneBatch, label_frequencies, render_scenes
 

@@ -1,11 +1,11 @@
 """The bundled scene generators: a ProGAN ("scene") and a VAE decoder ("scene-vae").
 
 Both were trained on the procedural scene world (:mod:`gdx.scenes`) by the scripts in
-``gdx.scenes.train_gan`` / ``gdx.scenes.train_vae``; their weights ship inside the package
+``tools.scenes.train_gan`` / ``tools.scenes.train_vae``; their weights ship inside the package
 as safetensors (fp16, loaded as fp32) with a JSON config giving the layer widths and the
 latent shape. The GAN is a gandissect ProGAN module tree (``layer1`` ... ``layer10``: 4x4, 4x4, 8x8,
 8x8, 16x16, ..., then ``output_64x64``); the VAE decoder is
-:class:`gdx.scenes.models.SceneVAEDecoder` (``layer1`` ... ``layer8``, ``layer4`` at 8x8).
+:class:`gdx.plugins.scene_arch.SceneVAEDecoder` (``layer1`` ... ``layer8``, ``layer4`` at 8x8).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _load(weights: str, default_name: str, name: str) -> gdx.Generator:
         )
     config = json.loads(config_path.read_text())
     if config.get("arch") == "scene-vae-decoder":
-        from gdx.scenes.models import SceneVAEDecoder
+        from gdx.plugins.scene_arch import SceneVAEDecoder
 
         module = SceneVAEDecoder(int(config["z_dim"]))
     else:

@@ -14,7 +14,7 @@ choice for dissection, e.g. ``synthesis.b16.conv1``).
 Formats:
 
 * **NVIDIA** (stylegan2-ada-pytorch, stylegan3 repo's StyleGAN2 configs): the ``.pkl``
-  is read by :mod:`gdx.safe_unpickle`, which never runs code from the file; ``G_ema``
+  is read by :mod:`gdx.plugins.generators.safe_unpickle`, which never runs code from the file; ``G_ema``
   (else ``G``) is rebuilt from its recorded tensors and attributes. StyleGAN3
   (alias-free, ``synthesis.input`` / ``L0_36_512`` layers) pickles are recognised and
   refused: only the StyleGAN2 architecture builds. Only the 'skip' synthesis
@@ -49,7 +49,7 @@ from gdx.errors import AdapterOptionError, CheckpointError
 from gdx.interfaces import Generator
 from gdx.plugins.generators.sniff import describe_keys
 from gdx.plugins.generators.stylegan2_arch import StyleGAN2Config, StyleGAN2Generator
-from gdx.safe_unpickle import PersistentObject, load_stylegan_pickle
+from gdx.plugins.generators.safe_unpickle import PersistentObject, load_stylegan_pickle
 
 WHAT = "stylegan2 weights"
 NOISE_MODES = ("const", "random", "none")
@@ -63,7 +63,7 @@ def generator_from_nvidia_pickle(path: str | Path) -> StyleGAN2Generator:
 
 
 def generator_from_nvidia_data(data: Any, *, source: str) -> StyleGAN2Generator:
-    """``G_ema`` (else ``G``) of an unpickled snapshot (see :func:`gdx.safe_unpickle.load_stylegan_pickle`)."""
+    """``G_ema`` (else ``G``) of an unpickled snapshot (see :func:`gdx.plugins.generators.safe_unpickle.load_stylegan_pickle`)."""
     if isinstance(data, PersistentObject):
         net = data
     elif isinstance(data, dict):

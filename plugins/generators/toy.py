@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gdx
-from gdx.toy import LATENT_DIM, ToyGenerator
+from gdx.plugins.toy_world import LATENT_DIM, ToyGenerator
 
 
 def build_toy(resolution: int = 32) -> gdx.Generator:

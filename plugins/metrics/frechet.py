@@ -28,13 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import gdx
-from gdx.errors import GdxError
+from gdx.errors import GdxError, MetricSetupError
 from gdx.interfaces import Metric
 from gdx.tracing import Trace
-
-
-class MetricSetupError(GdxError, ValueError):
-    """A quality metric that lacks what it needs (weights, reference data, a module)."""
 
 
 # -- linear algebra ----------------------------------------------------------------

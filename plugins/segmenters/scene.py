@@ -52,7 +52,7 @@ class SceneSegment(nn.Module):
 
 def build_scene(weights: str = "") -> gdx.Segmenter:
     """Bundled U-Net (MobileNetV3-small) for the scene world's 14 concepts; 64x64 input."""
-    from gdx.scenes.models import SceneSegmenterNet
+    from gdx.plugins.scene_arch import SceneSegmenterNet
 
     what = "scene segmenter weights"
     path = existing_file(Path(weights) if weights else WEIGHTS_DIR / "scene_segmenter.safetensors", what=what)
@@ -60,7 +60,7 @@ def build_scene(weights: str = "") -> gdx.Segmenter:
     if not config_path.exists():
         raise CheckpointError(
             f"{what}: {config_path} (the config beside the weights) is missing; export again with "
-            "python -m gdx.scenes.train_segmenter --export, which writes both files."
+            "python -m tools.scenes.train_segmenter --export, which writes both files."
         )
     config = json.loads(config_path.read_text())
     labels = list(config["labels"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gdx
-from gdx.toy import TOY_CATEGORIES, TOY_LABELS, toy_segment
+from gdx.plugins.toy_world import TOY_CATEGORIES, TOY_LABELS, toy_segment
 
 
 def build_toy() -> gdx.Segmenter:

@@ -40,15 +40,7 @@ import numpy as np
 import torch
 
 from gdx.checkpoints import existing_file
-from gdx.errors import CheckpointError
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle names a global outside the allow-list (it would run code on load)."""
-
-    def __init__(self, module: str, name: str) -> None:
-        super().__init__(f"{module}.{name}")
-        self.module, self.name = module, name
+from gdx.errors import CheckpointError, UnsafePickleError
 
 
 class PersistentObject(Mapping):

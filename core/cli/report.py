@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from gdx.cli_common import friendly_errors
+from gdx.cli.options import friendly_errors
+from gdx.hookspecs import hookimpl
 
 
 @click.command()
@@ -43,4 +44,7 @@ def compare(a, b, out):
     click.echo(str(write_compare(a, b, out)))
 
 
-COMMANDS = [report, compare]
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    for command in (report, compare):
+        cli.add_command(command)

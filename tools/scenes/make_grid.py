@@ -4,7 +4,7 @@ segmentation by the bundled scene segmenter, with a colour legend of the labels.
 Why a script: the picture in the docs must come from the shipped weights, and be
 redrawn whenever they change.
 
-    python -m gdx.scenes.make_grid --out docs/scene_grid.png
+    python -m tools.scenes.make_grid --out docs/scene_grid.png
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def rendered_label_frequencies(
 def main(argv: list[str] | None = None) -> None:
     """Print the numbers docs/scenes.md reports, measured on the shipped weights.
 
-    python -m gdx.scenes.evaluate [--samples 2000] [--dissect 400]
+    python -m tools.scenes.evaluate [--samples 2000] [--dissect 400]
     """
     import argparse
     import json

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import click
 
-from gdx.cli_common import friendly_errors
+from gdx.cli.options import friendly_errors
 
 from gdx.errors import GdxError, MissingDependencyError
+from gdx.hookspecs import hookimpl
 
 
 @click.command()
@@ -38,7 +39,7 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, 
         ) from None
     import torch
 
-    from gdx.cli_common import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered
+    from gdx.cli.options import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered
     from gdx.paint.models import engine_from_run, quick_dissection
 
     # A context, not torch.set_grad_enabled(False): the command also runs in-process
@@ -65,4 +66,7 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, 
     uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
 
 
-COMMANDS = [paint]
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    for command in (paint,):
+        cli.add_command(command)

@@ -1,10 +1,4 @@
-"""The ``gdx`` command line.
-
-``gdx run`` dissects layers of a registered generator against a registered segmenter;
-``gdx plugins|generators|segmenters|metrics`` list what is installed. Plugins add
-commands through the ``register_commands`` hook. Every :class:`gdx.GdxError` becomes
-one line on stderr and exit code 1, never a traceback.
-"""
+"""``gdx run`` and ``gdx show``: dissect layers into a run folder, and print one again."""
 
 from __future__ import annotations
 
@@ -12,53 +6,21 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from gdx.cli_common import (  # noqa: F401  (re-exported for plugins that import them from gdx.cli)
-    DEFAULT_GENERATORS,
-    DEFAULT_SEGMENTERS,
-    build_adapter,
-    first_registered,
-    format_table,
-    friendly_errors,
-    load_models,
-    model_options,
-    parse_threshold,
-)
+from gdx.cli.options import format_table, friendly_errors, load_models, model_options, parse_threshold
 from gdx.errors import GdxError
-from gdx.manager import default_registry, describe_default
-
-class GdxGroup(click.Group):
-    """A click group that adds plugin commands lazily, the first time it is used."""
-
-    _plugins_loaded = False
-
-    def _load_plugin_commands(self) -> None:
-        if not self._plugins_loaded:
-            self._plugins_loaded = True
-            try:
-                default_registry().pm.hook.register_commands(cli=self)
-            except GdxError as exc:  # a broken plugin must not break the whole CLI
-                click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
-
-    def list_commands(self, ctx):
-        self._load_plugin_commands()
-        return super().list_commands(ctx)
-
-    def get_command(self, ctx, name):
-        self._load_plugin_commands()
-        return super().get_command(ctx, name)
+from gdx.hookspecs import hookimpl
 
 
-@click.group(cls=GdxGroup)
-@click.version_option(package_name="gdx")
-def cli() -> None:
-    """gdx: dissect and steer generative image models (GAN Dissection and friends)."""
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(run)
+    cli.add_command(show)
 
 
-@cli.command()
+@click.command()
 @model_options
 @click.option("--layer", "layers", multiple=True, help="Layer to dissect (module name), repeatable. Default: the generator's default layer.")
 @click.option("--samples", default=1000, show_default=True, type=click.IntRange(min=1))
@@ -82,8 +44,8 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
     import shutil
 
     from gdx.distributed import init_world, launched_by_torchrun, shutdown
-    from gdx.dissect import DissectionRun
-    from gdx.runner import CHECKPOINT_DIR, RunFolder, run_state
+    from gdx.dissection import DissectionRun
+    from gdx.runs import CHECKPOINT_DIR, RunFolder, run_state
 
     if workers > 1 and not launched_by_torchrun():
         relaunch_with_torchrun(workers)
@@ -145,101 +107,7 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
         click.echo(f"report: {page}", err=True)
 
 
-def relaunch_with_torchrun(workers: int) -> None:
-    """Start ``gdx run`` again under torchrun with ``workers`` processes on this machine."""
-    import subprocess
-
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--workers":
-            skip = True
-            continue
-        if a.startswith("--workers="):
-            continue
-        args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-           "-m", "gdx.cli", *args]
-    code = subprocess.call(cmd)
-    if code:
-        raise click.exceptions.Exit(code)
-
-
-def _listing(kind: str, verbose: bool) -> None:
-    reg = default_registry()
-    packages = reg.plugin_packages()
-    infos = reg.infos(kind)
-    rows = [[name, packages.get(i.plugin, i.plugin), i.description] for name, i in infos.items()]
-    click.echo(format_table(rows, ["name", "package", "description"]))
-    if verbose:
-        for name, info in infos.items():
-            opts = info.options()
-            if opts:
-                text = ", ".join(f"{k}={describe_default(p)}" for k, p in opts.items())
-                click.echo(f"\n{name} options: {text}")
-
-
-def _describe(kind: str, name: str) -> None:
-    """Print an adapter's description and its options with their defaults."""
-    info = default_registry().info(kind, name)
-    click.echo(f"{name}: {info.description}")
-    for k, p in info.options().items():
-        click.echo(f"  option {k} = {describe_default(p)}")
-
-
-@cli.command()
-def plugins():
-    """List installed plugins and the package each comes from."""
-    reg = default_registry()
-    packages = reg.plugin_packages()
-    rows = []
-    for name in reg.plugin_names():
-        plugin = reg.pm.get_plugin(name)
-        hooks = sorted(h.name for h in reg.pm.get_hookcallers(plugin) or [])
-        rows.append([name, packages.get(name, ""), ", ".join(hooks)])
-    click.echo(format_table(rows, ["plugin", "package", "hooks"]))
-
-
-@cli.command()
-@click.argument("name", required=False)
-@click.option("-v", "--verbose", is_flag=True, help="Show each adapter's options.")
-@click.option("--gen-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Options to build NAME with (to list its layers).")
-@friendly_errors
-def generators(name, verbose, opts):
-    """List generators; with NAME, build it and list its options and layers."""
-    if name is None:
-        _listing("generator", verbose)
-        return
-    _describe("generator", name)
-    generator = build_adapter("generator", name, opts)
-    click.echo("layers: " + ", ".join(generator.layer_names()))
-
-
-@cli.command()
-@click.argument("name", required=False)
-@click.option("-v", "--verbose", is_flag=True, help="Show each adapter's options.")
-@click.option("--seg-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Options to build NAME with (to list its labels).")
-@friendly_errors
-def segmenters(name, verbose, opts):
-    """List segmenters; with NAME, build it and list its options and labels."""
-    if name is None:
-        _listing("segmenter", verbose)
-        return
-    _describe("segmenter", name)
-    segmenter = build_adapter("segmenter", name, opts)
-    click.echo(f"labels ({len(segmenter.labels)}): " + ", ".join(segmenter.labels))
-
-
-@cli.command()
-@click.option("-v", "--verbose", is_flag=True)
-def metrics(verbose):
-    """List metrics (dissection scores and image-quality metrics)."""
-    _listing("metric", verbose)
-
-
-@cli.command()
+@click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--top", default=15, show_default=True)
 @friendly_errors
@@ -262,26 +130,23 @@ def show(run_dir, top):
             click.echo(format_table(rows, ["unit", "concept", "IoU"]))
 
 
-def _attach_builtin_commands() -> None:
-    """Commands that live in their own modules (intervention, report, paint)."""
-    import importlib
+def relaunch_with_torchrun(workers: int) -> None:
+    """Start ``gdx run`` again under torchrun with ``workers`` processes on this machine."""
+    import subprocess
 
-    for modname in ("gdx.intervene_cli", "gdx.report_cli", "gdx.paint_cli"):
-        for command in importlib.import_module(modname).COMMANDS:
-            cli.add_command(command)
-
-
-_attach_builtin_commands()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    try:
-        cli.main(args=argv, prog_name="gdx", standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
+           "-m", "gdx.cli", *args]
+    code = subprocess.call(cmd)
+    if code:
+        raise click.exceptions.Exit(code)

@@ -12,13 +12,13 @@ and the segmenter no longer finds them in samples. Two changes keep it honest an
   perceptual loss in the one feature space that matters here: it spends the decoder's
   capacity on the concepts rather than on texture.
 
-The decoder is :class:`gdx.scenes.models.SceneVAEDecoder` (``layer1`` ... ``layer8``, a
+The decoder is :class:`gdx.plugins.scene_arch.SceneVAEDecoder` (``layer1`` ... ``layer8``, a
 plain conv decoder with BatchNorm; the ProGAN layout, tried first, stalled at the mean image
 within this CPU budget); the encoder is a small conv net.
 
-    python -m gdx.scenes.train_vae --out runs/vae --seed 0 --segmenter plugins/segmenters/weights
-    python -m gdx.scenes.train_vae --out runs/vae --seed 0 --resume ...
-    python -m gdx.scenes.train_vae --out runs/vae --export plugins/generators/weights/scene_vae.safetensors
+    python -m tools.scenes.train_vae --out runs/vae --seed 0 --segmenter plugins/segmenters/weights
+    python -m tools.scenes.train_vae --out runs/vae --seed 0 --resume ...
+    python -m tools.scenes.train_vae --out runs/vae --export plugins/generators/weights/scene_vae.safetensors
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdx.scenes.models import SceneVAEDecoder
-from gdx.scenes.pool import ScenePool
+from gdx.plugins.scene_arch import SceneVAEDecoder
+from tools.scenes.pool import ScenePool
 from gdx.scenes.render import LABELS
 
 
@@ -73,7 +73,7 @@ def load_frozen_segmenter(folder: Path) -> nn.Module:
     """The bundled scene segmenter network from an exported weights folder, frozen."""
     from safetensors.torch import load_file
 
-    from gdx.scenes.models import SceneSegmenterNet
+    from gdx.plugins.scene_arch import SceneSegmenterNet
 
     config = json.loads((folder / "scene_segmenter.json").read_text())
     net = SceneSegmenterNet(len(LABELS), config)
@@ -141,7 +141,7 @@ def train(args: argparse.Namespace) -> None:
         }
         torch.save(state, ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)
-        from gdx.scenes.train_gan import _save_grid
+        from tools.scenes.train_gan import _save_grid
 
         decoder.eval()
         with torch.no_grad():

@@ -12,9 +12,9 @@ Resumable: a checkpoint (``<out>/checkpoint.pt``, plain tensors and ints, loaded
 ``weights_only=True``) is written every ``--checkpoint-minutes``; ``--resume`` continues
 from it. Deterministic given ``--seed`` (up to the non-determinism of the CPU kernels).
 
-    python -m gdx.scenes.train_gan --out runs/gan --seed 0 --minutes 60
-    python -m gdx.scenes.train_gan --out runs/gan --seed 0 --minutes 60 --resume
-    python -m gdx.scenes.train_gan --out runs/gan --export plugins/generators/weights/scene_gan.safetensors
+    python -m tools.scenes.train_gan --out runs/gan --seed 0 --minutes 60
+    python -m tools.scenes.train_gan --out runs/gan --seed 0 --minutes 60 --resume
+    python -m tools.scenes.train_gan --out runs/gan --export plugins/generators/weights/scene_gan.safetensors
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
-from gdx.scenes.pool import ScenePool
+from tools.scenes.pool import ScenePool
 
 #: Feature depths [z, 4x4, 8x8, 16x16, 32x32, 64x64]: wide at 8x8/16x16 (the layers that
 #: are dissected) and narrow at high resolution (where the compute is).
@@ -183,7 +183,7 @@ def train(args: argparse.Namespace) -> None:
 
     def snapshot() -> None:
         # A copy of the EMA generator at this step, so a run can be judged (and a
-        # checkpoint chosen) after the fact by `gdx.scenes.evaluate`.
+        # checkpoint chosen) after the fact by `tools.scenes.evaluate`.
         from safetensors.torch import save_file
 
         sd = {k: v.to(torch.float16).contiguous() for k, v in g_ema.state_dict().items()}

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdx.checks import check_segmentation
-from gdx.dissect import resize_for
-from gdx.errors import GdxError
+from gdx.errors import InterventionError
 from gdx.interfaces import Generator, Segmenter
-from gdx.tracing import Trace, resolve_layers, run_to_layers
+from gdx.sampling import module_of
+from gdx.tracing import Trace, resolve_layers
+from gdx.values import insertion_values, unit_quantiles
 
 #: A value spec: a number, a tensor (per chosen unit, or per unit of the layer),
 #: ``"q99"`` (each unit's 0.99 quantile; ``"q999"`` 0.999, ``"q50"`` median), or
@@ -37,177 +37,9 @@ from gdx.tracing import Trace, resolve_layers, run_to_layers
 ValueSpec = Union[float, int, torch.Tensor, str, tuple]
 UnitSpec = Union[Sequence[int], torch.Tensor, int, None]
 
-DEFAULT_BATCH_SIZE = 16
-#: Cap on the activations kept per unit when computing exact quantiles.
-MAX_QUANTILE_VALUES = 2_000_000
 
 
-class InterventionError(GdxError, ValueError):
-    """An edit that cannot be applied (bad units, value or region)."""
 
-
-# -- models and data ---------------------------------------------------------------
-
-
-def module_of(generator: Generator | nn.Module) -> nn.Module:
-    """The ``nn.Module`` whose layers are edited (a Generator's ``module``, or the module itself)."""
-    if isinstance(generator, Generator):
-        return generator.module
-    if isinstance(generator, nn.Module):
-        return generator
-    raise TypeError(f"expected a gdx.Generator or nn.Module, got {type(generator).__name__}")
-
-
-def latent_batches(
-    generator: Generator, samples: int, *, seed: int, batch_size: int | None = None
-) -> Iterator[torch.Tensor]:
-    """Latents of samples ``0..samples-1`` for ``seed`` (the dissection recipe), in batches, on the device."""
-    if samples < 1:
-        raise InterventionError(f"samples must be >= 1, got {samples}")
-    bs = batch_size or DEFAULT_BATCH_SIZE
-    z = generator.sample_latents(samples, seed=seed)
-    for start in range(0, samples, bs):
-        yield z[start : start + bs].to(generator.device)
-
-
-def concept_index(segmenter: Segmenter, concept: str | int) -> int:
-    """Index of ``concept`` (a label name or an index) in ``segmenter.labels``."""
-    labels = list(segmenter.labels)
-    if isinstance(concept, int) and not isinstance(concept, bool):
-        if 0 <= concept < len(labels):
-            return concept
-        raise InterventionError(f"concept index {concept} is out of range: the segmenter has {len(labels)} labels")
-    if concept in labels:
-        return labels.index(concept)
-    import difflib
-
-    close = difflib.get_close_matches(str(concept), labels, n=3)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise InterventionError(
-        f"the segmenter has no label {concept!r}.{hint} Its labels: {', '.join(labels[:60])}"
-        + (" ..." if len(labels) > 60 else "")
-    )
-
-
-def segment_images(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
-    """Segment ``images`` (N x 3 x H x W in [-1, 1]) as dissection does: N x K x H' x W' int64.
-
-    Images are resized to the segmenter's ``input_size`` with bilinear interpolation
-    (``align_corners=False``, antialiased when shrinking; :func:`gdx.dissect.resize_for`)
-    and the output is validated (:func:`gdx.checks.check_segmentation`).
-    """
-    seg = segmenter.segment(resize_for(segmenter, images))
-    return check_segmentation(
-        seg, n=images.shape[0], num_labels=len(segmenter.labels), batch=0, name=getattr(segmenter, "name", "?")
-    )
-
-
-def concept_mask(seg: torch.Tensor, index: int) -> torch.Tensor:
-    """Bool N x H x W: where the concept is present (any of the K labels, for N x K x H x W)."""
-    if seg.dim() == 4:
-        return (seg == index).any(dim=1)
-    return seg == index
-
-
-def label_fractions(seg: torch.Tensor, n_labels: int) -> torch.Tensor:
-    """Pixel fraction of every label per image, N x L (a pixel counts once per label)."""
-    n = seg.shape[0]
-    if seg.dim() == 3:
-        seg = seg[:, None]
-    flat = (seg.reshape(n, seg.shape[1], -1) + 1).clamp(0, n_labels)  # -1 (none) -> 0
-    hw = flat.shape[-1]
-    present = torch.zeros(n, n_labels + 1, hw, dtype=torch.bool, device=seg.device)
-    present.scatter_(1, flat, True)
-    return present[:, 1:].sum(-1).double() / hw
-
-
-def layer_output(generator: Generator, layer: str, z: torch.Tensor) -> torch.Tensor:
-    """The layer's output for latents ``z`` (the rest of the network is skipped)."""
-    out = run_to_layers(lambda: generator.generate(z), generator.module, layer)
-    if layer not in out:
-        raise InterventionError(f"layer {layer!r} did not run during generate(); pick a layer on the path to the image")
-    return out[layer]
-
-
-# -- statistics for values ---------------------------------------------------------
-
-
-def _quantile_rows(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row ``q`` quantile with linear interpolation (torch.quantile refuses > 16M elements)."""
-    ordered, _ = values.sort(dim=1)
-    pos = q * (ordered.shape[1] - 1)
-    lo = int(pos)
-    hi = min(lo + 1, ordered.shape[1] - 1)
-    frac = pos - lo
-    return ordered[:, lo] * (1 - frac) + ordered[:, hi] * frac
-
-
-@torch.no_grad()
-def unit_quantiles(
-    generator: Generator,
-    layer: str,
-    q: float = 0.99,
-    *,
-    samples: int = 200,
-    seed: int = 0,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """Each unit's ``q`` quantile over all feature cells of ``samples`` samples (U floats).
-
-    GANPaint's "draw" value is the 0.99 quantile. The quantile is exact over the
-    values kept; when a unit would exceed ``MAX_QUANTILE_VALUES`` values, every cell
-    of a deterministic stride is kept instead.
-    """
-    if not 0.0 <= q <= 1.0:
-        raise InterventionError(f"quantile q must be in [0, 1], got {q}")
-    chunks: list[torch.Tensor] = []
-    stride = 1
-    for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
-        r = layer_output(generator, layer, z).float()
-        per_unit = r.transpose(0, 1).reshape(r.shape[1], -1)
-        if stride == 1:
-            total = per_unit.shape[1] * samples / max(1, r.shape[0])
-            stride = max(1, int(total // MAX_QUANTILE_VALUES) + (total % MAX_QUANTILE_VALUES > 0))
-        chunks.append(per_unit[:, ::stride].cpu())
-    return _quantile_rows(torch.cat(chunks, dim=1), q)
-
-
-@torch.no_grad()
-def insertion_values(
-    generator: Generator,
-    segmenter: Segmenter,
-    layer: str,
-    concept: str | int,
-    *,
-    samples: int = 200,
-    seed: int = 0,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """Each unit's insertion constant k_u for ``concept`` (U floats; SPEC §2).
-
-    k_u is the mean of unit u's activation over the feature cells where the concept
-    is present, each cell weighted by the fraction of its pixels the concept covers
-    (the segmentation average-pooled to the layer's grid). This is the reference's
-    default ("weighted mean present feature").
-    """
-    index = concept_index(segmenter, concept)
-    num: torch.Tensor | None = None
-    den = 0.0
-    for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
-        with Trace(generator.module, layer) as tr:
-            images = generator.generate(z)
-        r = tr[layer].double()
-        mask = concept_mask(segment_images(segmenter, images), index).double()
-        w = F.adaptive_avg_pool2d(mask[:, None], r.shape[-2:])
-        contrib = (r * w).sum(dim=(0, 2, 3)).cpu()
-        num = contrib if num is None else num + contrib
-        den += float(w.sum())
-    if num is None or den <= 0:
-        raise InterventionError(
-            f"concept {segmenter.labels[index]!r} never appears in {samples} samples (seed {seed}): "
-            "its insertion values are undefined. Use more samples, or pass value= explicitly."
-        )
-    return (num / den).float()
 
 
 # -- the edit ----------------------------------------------------------------------

@@ -6,9 +6,9 @@ suffices; mild noise and blur augmentation keeps it robust on generated images, 
 never as crisp as the renders. The segmenter is what dissection measures GAN units with, so
 its held-out mIoU is reported (and tested).
 
-    python -m gdx.scenes.train_segmenter --out runs/seg --seed 0
-    python -m gdx.scenes.train_segmenter --out runs/seg --seed 0 --resume
-    python -m gdx.scenes.train_segmenter --out runs/seg --export plugins/segmenters/weights
+    python -m tools.scenes.train_segmenter --out runs/seg --seed 0
+    python -m tools.scenes.train_segmenter --out runs/seg --seed 0 --resume
+    python -m tools.scenes.train_segmenter --out runs/seg --export plugins/segmenters/weights
 
 The export writes ``scene_segmenter.safetensors`` + ``.json`` (config), the ONNX model
 ``scene_segmenter.onnx`` (RGB N x 3 x H x W in [-1, 1] -> logits N x C x H x W) and
@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gdx.scenes.evaluate import segmenter_miou
-from gdx.scenes.models import SEGMENTER_CONFIG, SceneSegmenterNet
-from gdx.scenes.pool import ScenePool
+from tools.scenes.evaluate import segmenter_miou
+from gdx.plugins.scene_arch import SEGMENTER_CONFIG, SceneSegmenterNet
+from tools.scenes.pool import ScenePool
 from gdx.scenes.render import CATEGORIES, LABELS, label_frequencies
 
 

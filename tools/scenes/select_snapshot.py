@@ -2,14 +2,14 @@
 
 Why: a GAN's samples drift while it trains (a small concept such as window can come and
 go between checkpoints), so the last step is not always the best one. This scores every
-``snapshot_*.safetensors`` that ``gdx.scenes.train_gan --snapshot-minutes`` kept on the
+``snapshot_*.safetensors`` that ``tools.scenes.train_gan --snapshot-minutes`` kept on the
 issue's own numbers -- label-frequency total variation against the rendered data, how
 many concepts cover at least 0.5% of pixels, and the rarest of tree/door/window -- using
 *selection* seeds that the shipped tests never use (latents seed 4242, render seed
 4242), so picking a snapshot does not tune to the test set.
 
-    python -m gdx.scenes.select_snapshot --run runs/gan --samples 1000
-    python -m gdx.scenes.select_snapshot --run runs/gan --export plugins/generators/weights/scene_gan.safetensors
+    python -m tools.scenes.select_snapshot --run runs/gan --samples 1000
+    python -m tools.scenes.select_snapshot --run runs/gan --export plugins/generators/weights/scene_gan.safetensors
 
 ``--export`` writes the best snapshot (or ``--step N``) with its JSON config, the same
 two files ``train_gan --export`` writes.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from gdx.scenes.evaluate import generated_label_frequencies, rendered_label_frequencies, total_variation
+from tools.scenes.evaluate import generated_label_frequencies, rendered_label_frequencies, total_variation
 from gdx.scenes.render import LABELS
 
 SELECTION_SEED = 4242
@@ -120,7 +120,7 @@ def best(scores: list[SnapshotScore]) -> SnapshotScore:
 def export(run: Path, score: SnapshotScore, dest: Path) -> None:
     import shutil
 
-    from gdx.scenes.train_gan import plugin_config
+    from tools.scenes.train_gan import plugin_config
 
     sizes = run_sizes(run, score.path)
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)

@@ -27,18 +27,10 @@ from gdx.manager import PluginRegistry, default_registry
 from gdx.results import Dissection, DissectionSettings, UnitLabel
 from gdx.scores import DissectionContext, DissectionMetric, LevelBatch
 from gdx.stats import PointSample, TopSamples
+from gdx.sampling import resize_for
 from gdx.tracing import Trace, resolve_layers
 
 DEFAULT_BATCH_SIZE = 8
-
-
-def resize_for(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
-    """Resize images to the segmenter's preferred input size (bilinear, antialiased down)."""
-    size = segmenter.input_size
-    if size is None or tuple(images.shape[-2:]) == tuple(size):
-        return images
-    down = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=down)
 
 
 @dataclass
@@ -291,7 +283,7 @@ class DissectionRun:
 
     # -- results --------------------------------------------------------------------
     def results(self, levels: LevelPass, counts: CountPass) -> list[Dissection]:
-        from gdx import __version__
+        from gdx._version import __version__
 
         out = []
         labels = list(self.segmenter.labels)

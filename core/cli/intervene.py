@@ -13,7 +13,7 @@ from typing import Any
 import click
 import torch
 
-from gdx.cli_common import (
+from gdx.cli.options import (
     DEFAULT_GENERATORS,
     build_adapter,
     first_registered,
@@ -22,6 +22,7 @@ from gdx.cli_common import (
     model_options,
 )
 from gdx.errors import GdxError
+from gdx.hookspecs import hookimpl
 
 
 def _layer(generator: Any, layer: str | None) -> str:
@@ -89,7 +90,7 @@ def _write_curve_png(curve, path: Path, control=None) -> None:
 
 @torch.no_grad()
 def _before_after(generator, layer, units, value, n, seed):
-    from gdx.intervene import intervene
+    from gdx.intervention import intervene
 
     z = generator.sample_latents(n, seed=seed).to(generator.device)
     rows = [list(generator.generate(z))]
@@ -352,7 +353,9 @@ def removal_table_cmd(gen, seg, gen_opts, seg_opts, device, layer, samples, seed
     click.echo(f"wrote {folder}", err=True)
 
 
-#: Commands for the lead CLI to attach: ``for c in COMMANDS: cli.add_command(c)``.
-COMMANDS = [ace, optimize, locate, repair, removal_table_cmd]
 
-__all__ = ["COMMANDS"]
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    for command in (ace, optimize, locate, repair, removal_table_cmd):
+        cli.add_command(command)

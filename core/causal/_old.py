@@ -25,28 +25,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gdx.dissect import resize_for
-from gdx.errors import GdxError, ResultFormatError
+from gdx.errors import GdxError, NotDifferentiableError, ResultFormatError
 from gdx.interfaces import Generator, Segmenter
-from gdx.intervene import (
-    InterventionError,
-    concept_index,
-    concept_mask,
-    insertion_values,
-    intervene,
-    label_fractions,
-    latent_batches,
-    segment_images,
-)
+from gdx.errors import InterventionError
+from gdx.intervention import intervene
+from gdx.sampling import concept_index, concept_mask, label_fractions, latent_batches, resize_for, segment_images
+from gdx.values import insertion_values
 from gdx.results import atomic_write_json
 from gdx.tracing import Trace
 
 #: Concepts covering less than this fraction of pixels get no side-effect figure.
 MIN_SIDE_COVERAGE = 1e-3
-
-
-class NotDifferentiableError(GdxError, TypeError):
-    """The segmenter gives labels only; optimising units needs class probabilities."""
 
 
 # -- results -----------------------------------------------------------------------

@@ -24,17 +24,13 @@ from typing import Any
 
 import torch
 
-from gdx.dissect import CountPass, DissectionRun, LevelPass
+from gdx.dissection import CountPass, DissectionRun, LevelPass
 from gdx.distributed import World, barrier, gather_states
-from gdx.errors import GdxError
+from gdx.errors import GdxError, ResumeError
 from gdx.results import Dissection, atomic_save_tensors, atomic_write_json, load_tensors
 
 RUN_MANIFEST = "run.json"
 CHECKPOINT_DIR = "checkpoint"
-
-
-class ResumeError(GdxError):
-    """A checkpoint that does not belong to the requested run."""
 
 
 def run_state(folder: Path) -> str:

@@ -1,0 +1,97 @@
+"""Per-unit values for edits: each unit's activation quantile, and its insertion constant.
+
+GANPaint's "draw" value is a unit's 0.99 quantile; the paper's insertion constant is
+its mean activation where a concept is present. Both are statistics over samples of
+the dissection recipe (:mod:`gdx.sampling`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gdx.errors import InterventionError
+from gdx.interfaces import Generator, Segmenter
+from gdx.sampling import concept_index, concept_mask, latent_batches, layer_output, segment_images
+from gdx.tracing import Trace
+
+#: Cap on the activations kept per unit when computing exact quantiles.
+MAX_QUANTILE_VALUES = 2_000_000
+
+
+def _quantile_rows(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row ``q`` quantile with linear interpolation (torch.quantile refuses > 16M elements)."""
+    ordered, _ = values.sort(dim=1)
+    pos = q * (ordered.shape[1] - 1)
+    lo = int(pos)
+    hi = min(lo + 1, ordered.shape[1] - 1)
+    frac = pos - lo
+    return ordered[:, lo] * (1 - frac) + ordered[:, hi] * frac
+
+
+@torch.no_grad()
+def unit_quantiles(
+    generator: Generator,
+    layer: str,
+    q: float = 0.99,
+    *,
+    samples: int = 200,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Each unit's ``q`` quantile over all feature cells of ``samples`` samples (U floats).
+
+    GANPaint's "draw" value is the 0.99 quantile. The quantile is exact over the
+    values kept; when a unit would exceed ``MAX_QUANTILE_VALUES`` values, every cell
+    of a deterministic stride is kept instead.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise InterventionError(f"quantile q must be in [0, 1], got {q}")
+    chunks: list[torch.Tensor] = []
+    stride = 1
+    for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
+        r = layer_output(generator, layer, z).float()
+        per_unit = r.transpose(0, 1).reshape(r.shape[1], -1)
+        if stride == 1:
+            total = per_unit.shape[1] * samples / max(1, r.shape[0])
+            stride = max(1, int(total // MAX_QUANTILE_VALUES) + (total % MAX_QUANTILE_VALUES > 0))
+        chunks.append(per_unit[:, ::stride].cpu())
+    return _quantile_rows(torch.cat(chunks, dim=1), q)
+
+
+@torch.no_grad()
+def insertion_values(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    concept: str | int,
+    *,
+    samples: int = 200,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Each unit's insertion constant k_u for ``concept`` (U floats; SPEC §2).
+
+    k_u is the mean of unit u's activation over the feature cells where the concept
+    is present, each cell weighted by the fraction of its pixels the concept covers
+    (the segmentation average-pooled to the layer's grid). This is the reference's
+    default ("weighted mean present feature").
+    """
+    index = concept_index(segmenter, concept)
+    num: torch.Tensor | None = None
+    den = 0.0
+    for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
+        with Trace(generator.module, layer) as tr:
+            images = generator.generate(z)
+        r = tr[layer].double()
+        mask = concept_mask(segment_images(segmenter, images), index).double()
+        w = F.adaptive_avg_pool2d(mask[:, None], r.shape[-2:])
+        contrib = (r * w).sum(dim=(0, 2, 3)).cpu()
+        num = contrib if num is None else num + contrib
+        den += float(w.sum())
+    if num is None or den <= 0:
+        raise InterventionError(
+            f"concept {segmenter.labels[index]!r} never appears in {samples} samples (seed {seed}): "
+            "its insertion values are undefined. Use more samples, or pass value= explicitly."
+        )
+    return (num / den).float()
