@@ -24,7 +24,7 @@ def existing_file(path: str | os.PathLike[str], *, what: str) -> Path:
     """``path`` as a Path, or a CheckpointError saying which file is missing."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise CheckpointError(f"{what} file not found: {p}. Check the path (or --gen-opt/--seg-opt weights=...).")
+        raise CheckpointError(f"{what} file not found: {p}. Check the path (the generator option `weights=...` or the segmenter option `weights=...`).")
     return p
 
 

@@ -78,7 +78,26 @@ class MissingDependencyError(GdxError, ImportError):
 
 
 class DuplicateAdapterError(GdxError, ValueError):
-    """Two plugins registered the same generator, segmenter or metric name."""
+    """Two plugins registered the same generator, segmenter or metric name.
+
+    ``first`` and ``second`` describe the two plugins (their names, as pluggy's
+    ``PluginValidationError`` names the plugin and the hook), in registration order.
+    """
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        same = first == second
+        by = f"twice by the plugin {first}" if same else f"by two plugins: {first} and {second}"
+        fix = (
+            "Rename one of its registrations."
+            if same
+            else "Uninstall one of them, restrict the entry points with GDX_LOAD_PLUGINS, "
+            "or rename one of the registrations."
+        )
+        super().__init__(f"{kind} {name!r} is registered {by}. {fix}")
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+
+    def __reduce__(self) -> tuple[type[DuplicateAdapterError], tuple[str, str, str, str]]:
+        return type(self), (self.kind, self.name, self.first, self.second)
 
 
 class InterventionError(GdxError, ValueError):

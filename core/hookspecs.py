@@ -31,13 +31,23 @@ def register_generators(register: Callable[..., None]) -> None:
     """Register generator factories: ``register(name, factory, description=None)``.
 
     ``factory(**options)`` returns a :class:`gdx.Generator`; its keyword parameters are
-    the options ``--gen-opt key=value`` and ``gdx.load_generator(name, **options)`` take.
+    the generator's options (``gdx.load_generator(name, **options)``, or the generator
+    option ``key=value`` on the command line). A parameter without a default is a
+    required option. ``description`` defaults to the first line of the factory's
+    docstring. A name another plugin already registered raises
+    :class:`gdx.errors.DuplicateAdapterError`.
     """
 
 
 @hookspec
 def register_segmenters(register: Callable[..., None]) -> None:
-    """Register segmenter factories: ``register(name, factory, description=None)``."""
+    """Register segmenter factories: ``register(name, factory, description=None)``.
+
+    ``factory(**options)`` returns a :class:`gdx.Segmenter`; its keyword parameters are
+    the segmenter's options (``gdx.load_segmenter(name, **options)``, or the segmenter
+    option ``key=value`` on the command line). Names are unique across plugins, as for
+    :func:`register_generators`.
+    """
 
 
 @hookspec
@@ -45,10 +55,17 @@ def register_metrics(register: Callable[..., None]) -> None:
     """Register metric factories: ``register(name, factory, description=None)``.
 
     Dissection metrics (kind ``"dissection"``) are built by the engine with
-    ``factory(context)``; quality metrics with ``factory(**options)``.
+    ``factory(context)``; quality metrics with ``factory(**options)``. Names are unique
+    across plugins, as for :func:`register_generators`.
     """
 
 
 @hookspec
 def register_commands(cli: Any) -> None:
-    """Add sub-commands to the ``gdx`` click group ``cli``."""
+    """Add sub-commands to the ``gdx`` click group ``cli``.
+
+    Called once, the first time the CLI lists or looks up its commands, built-in command
+    plugins first. Use ``@cli.command()`` or ``cli.add_command(...)``; a
+    :class:`gdx.errors.GdxError` raised here skips this plugin's commands with a warning
+    instead of breaking the CLI.
+    """

@@ -5,6 +5,11 @@ A :class:`PluginRegistry` owns one pluggy ``PluginManager``. The default registr
 an embedding tool can build its own with ``PluginRegistry(plugins=[...])`` and no
 global state is touched. ``GDX_LOAD_PLUGINS`` (comma-separated distribution or entry
 point names, empty for none) restricts which entry points load.
+
+Two plugins registering the same adapter name is an error
+(:class:`~gdx.errors.DuplicateAdapterError`), never a silent replacement. Messages
+speak of options and adapter names ("the generator option `weights=...`", "the
+generator `stylegan2`"), which the CLI maps onto its flags.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import importlib.metadata
 import inspect
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import pluggy
 
 from gdx import hookspecs
-from gdx.errors import AdapterOptionError, UnknownAdapterError
+from gdx.errors import AdapterOptionError, DuplicateAdapterError, UnknownAdapterError
+
+if TYPE_CHECKING:
+    from gdx.interfaces import Generator, Segmenter
 
 #: Built-in plugin modules, registered through the same hooks as third-party ones.
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -85,6 +93,8 @@ class PluginRegistry:
     ) -> None:
         self.pm = pluggy.PluginManager("gdx")
         self.pm.add_hookspecs(hookspecs)
+        #: Plugin name -> the distribution its entry point came from.
+        self._distributions: dict[str, importlib.metadata.Distribution] = {}
         if builtins:
             for modname in DEFAULT_PLUGINS:
                 self.pm.register(importlib.import_module(modname), name=modname)
@@ -110,7 +120,7 @@ class PluginRegistry:
                 continue
             self.pm.register(ep.load(), name=ep.name)
             if dist is not None:
-                self.pm._plugin_distinfo.append((self.pm.get_plugin(ep.name), dist))  # type: ignore[attr-defined]
+                self._distributions[ep.name] = dist
 
     # -- collection -------------------------------------------------------------
     def _collect(self) -> dict[str, dict[str, AdapterInfo]]:
@@ -130,6 +140,11 @@ class PluginRegistry:
                              *, _kind: str = kind, _plugin: str = plugin_name) -> None:
                     if not callable(factory):
                         raise TypeError(f"plugin {_plugin!r} registered {_kind} {name!r} with a non-callable factory")
+                    earlier = infos[_kind].get(name)
+                    if earlier is not None:
+                        raise DuplicateAdapterError(
+                            _kind, name, self._describe_plugin(earlier.plugin), self._describe_plugin(_plugin)
+                        )
                     infos[_kind][name] = AdapterInfo(
                         _kind, name, factory, _plugin, description or _first_line(factory.__doc__)
                     )
@@ -152,25 +167,47 @@ class PluginRegistry:
         return sorted(n for n, _ in self.pm.list_name_plugin())
 
     def plugin_packages(self) -> dict[str, str]:
-        """Plugin name -> distribution that provides it ("gdx" for the built-ins)."""
-        out = {}
-        for plugin, dist in self.pm.list_plugin_distinfo():
-            out[self.pm.get_name(plugin) or ""] = f"{dist.project_name} {dist.version}"
+        """Plugin name -> distribution that provides it ("gdx (built-in)" for the built-ins)."""
+        out: dict[str, str] = {}
         for name in self.plugin_names():
-            out.setdefault(name, "gdx (built-in)" if name.startswith("gdx.") else "")
+            dist = self._distributions.get(name)
+            if dist is not None:
+                out[name] = f"{dist.metadata['Name']} {dist.version}"
+            else:
+                out[name] = "gdx (built-in)" if name.startswith("gdx.") else ""
         return out
 
+    def _describe_plugin(self, name: str) -> str:
+        """A plugin's name for messages, with its package when an entry point brought it."""
+        package = self.plugin_packages().get(name, "")
+        if package:
+            return f"{name!r} ({package})"
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None and name == str(id(plugin)):  # pluggy's name for an unnamed object
+            return f"{name!r} ({type(plugin).__module__}.{type(plugin).__qualname__} object)"
+        return repr(name)
+
     # -- building ---------------------------------------------------------------
+    @overload
+    def build(self, kind: Literal["generator"], name: str, **options: Any) -> Generator: ...
+    @overload
+    def build(self, kind: Literal["segmenter"], name: str, **options: Any) -> Segmenter: ...
+    @overload
+    def build(self, kind: str, name: str, **options: Any) -> Any: ...
+
     def build(self, kind: str, name: str, **options: Any) -> Any:
+        """Check ``options`` against the factory of ``kind`` ``name`` and call it."""
         info = self.info(kind, name)
         check_options(info, options)
         return info.factory(**options)
 
-    def load_generator(self, name: str, **options: Any) -> Any:
-        return self.build("generator", name, **options)
+    def load_generator(self, name: str, **options: Any) -> Generator:
+        """Build the generator ``name`` with ``options`` (its factory's keyword parameters)."""
+        return cast("Generator", self.build("generator", name, **options))
 
-    def load_segmenter(self, name: str, **options: Any) -> Any:
-        return self.build("segmenter", name, **options)
+    def load_segmenter(self, name: str, **options: Any) -> Segmenter:
+        """Build the segmenter ``name`` with ``options`` (its factory's keyword parameters)."""
+        return cast("Segmenter", self.build("segmenter", name, **options))
 
 
 def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
@@ -187,8 +224,8 @@ def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
     missing = [k for k, p in valid.items() if p.default is p.empty and k not in options]
     if missing:
         raise AdapterOptionError(
-            f"{info.kind} {info.name!r} needs the option(s) {', '.join(missing)}: "
-            f"pass {' '.join('--%s-opt %s=...' % (info.kind[:3], m) for m in missing)}"
+            f"{info.kind} {info.name!r} needs the {info.kind} option(s) "
+            f"{', '.join(f'`{m}=...`' for m in missing)}."
         )
 
 
@@ -198,7 +235,7 @@ def describe_default(p: inspect.Parameter) -> str:
 
 
 def parse_option_value(info: AdapterInfo, key: str, text: str) -> Any:
-    """Turn the string of ``--gen-opt key=text`` into the type the factory expects."""
+    """Turn the string ``text`` of the option ``key=text`` into the type the factory expects."""
     param = info.options().get(key)
     if param is None:
         if info.accepts_any_option():
@@ -250,7 +287,7 @@ def parse_options(info: AdapterInfo, pairs: Iterable[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise AdapterOptionError(
                 f"option {pair!r} for {info.kind} {info.name!r} is not key=value "
-                f"(e.g. --{info.kind[:3]}-opt weights=model.pth)"
+                f"(e.g. the {info.kind} option `weights=model.pth`)"
             )
         key, value = pair.split("=", 1)
         out[key.strip()] = parse_option_value(info, key.strip(), value)

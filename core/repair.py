@@ -23,16 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdx.causal import _JsonResult
 from gdx.errors import GdxError, RepairError
 from gdx.interfaces import Generator, Metric
 from gdx.intervention import intervene
+from gdx.results import JsonResult
 from gdx.sampling import latent_batches, layer_output
 from gdx.tracing import resolve_layers
 
 
 @dataclasses.dataclass
-class ArtifactRepair(_JsonResult):
+class ArtifactRepair(JsonResult):
     """Units whose ablation improves image quality, with the evidence.
 
     ``scores[i]``: improvement of the metric when ``candidates[i]`` alone is ablated

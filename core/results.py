@@ -2,7 +2,9 @@
 
 No pickle anywhere: a saved result is ``<dir>/dissection.json`` (settings, labels,
 per-unit labels) plus ``<dir>/dissection.safetensors`` (the tensors), both written
-atomically (temp file + rename).
+atomically (temp file + rename). The other results (causal effects, rankings,
+repairs...) are one JSON file each (:class:`JsonResult`); :func:`load_result` reads
+any of them by its ``"kind"``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -221,3 +223,115 @@ class Dissection:
             label_fraction=t.get("label_fraction"),
             extra=extra,
         )
+
+
+# -- results saved as one JSON file ----------------------------------------------------
+
+#: Saved JSON result kinds (the ``"kind"`` field) -> their class; filled by subclasses of JsonResult.
+_RESULT_KINDS: dict[str, type[JsonResult]] = {}
+#: Modules whose import registers the built-in kinds (imported by :func:`load_result` on demand).
+_KIND_MODULES = ("gdx.causal.results", "gdx.repair")
+
+_J = TypeVar("_J", bound="JsonResult")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise ResultFormatError(f"no such result file: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultFormatError(f"{path} is not valid JSON ({exc}); was it written by gdx?") from None
+
+
+class JsonResult:
+    """Base of the results saved as one JSON file: a dataclass with a ``_kind``.
+
+    ``to_dict`` / ``save`` write every dataclass field plus ``"kind"`` and
+    ``"version"``; tensor fields (listed in ``_tensors``) become nested lists and are
+    turned back into tensors by ``from_dict`` / ``load``. A subclass that sets
+    ``_kind`` is registered, so :func:`load_result` can read its files.
+    """
+
+    _tensors: ClassVar[tuple[str, ...]] = ()
+    _kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("_kind")
+        if kind:
+            _RESULT_KINDS[kind] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self._kind, "version": 1}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the result as JSON to ``path`` (atomically)."""
+        path = Path(path)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls: type[_J], data: dict[str, Any]) -> _J:
+        if data.get("kind") != cls._kind:
+            raise ResultFormatError(f"expected a saved {cls._kind!r} result, found kind {data.get('kind')!r}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for name in cls._tensors:
+            if kwargs.get(name) is not None:
+                value = kwargs[name]
+                kwargs[name] = torch.tensor(value, dtype=torch.bool if name == "contains" else torch.float32)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls: type[_J], path: str | os.PathLike[str]) -> _J:
+        """Read a result written by :meth:`save`."""
+        return cls.from_dict(_read_json(Path(path)))
+
+
+def result_kinds() -> dict[str, type[JsonResult]]:
+    """The known saved-result kinds (``"kind"`` field -> class), built-in ones included."""
+    import importlib
+
+    for module in _KIND_MODULES:
+        importlib.import_module(module)
+    return dict(sorted(_RESULT_KINDS.items()))
+
+
+def load_result(path: str | os.PathLike[str]) -> JsonResult | Dissection:
+    """Read any saved gdx result: a JSON result by its ``"kind"``, or a dissection.
+
+    A dissection is given as its folder or its ``dissection.json``.
+
+    >>> eff = gdx.load_result("runs/x/layer4/tree.json")    # a CausalEffect
+    >>> dis = gdx.load_result("runs/x/layer4")              # a Dissection
+    """
+    path = Path(path)
+    if path.is_dir():
+        return Dissection.load(path)
+    if path.name == "dissection.json":
+        return Dissection.load(path.parent)
+    data = _read_json(path)
+    if isinstance(data, dict) and data.get("format") == "gdx.dissection":
+        return Dissection.load(path.parent)
+    kinds = result_kinds()
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in kinds:
+        raise ResultFormatError(
+            f"{path} is not a saved gdx result: kind {kind!r}; known kinds: {', '.join(kinds)} "
+            "(or a dissection folder / dissection.json)"
+        )
+    return kinds[kind].from_dict(data)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import gdx
-from gdx.results import atomic_write_json
+from gdx.runs import AdapterSpec, RunFolder, RunManifest
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -35,13 +35,10 @@ def make_run(folder: Path, gen_name: str, seg_name: str, layer: str | list[str],
     """Dissect and write a ``gdx run``-format folder (run.json + layer/dissection.*)."""
     gen, seg = gdx.load_generator(gen_name), gdx.load_segmenter(seg_name)
     layers = [layer] if isinstance(layer, str) else list(layer)
-    for result in gdx.dissect(gen, seg, layers, samples=samples, seed=seed, progress=False):
-        result.save(folder / result.layer)
-    atomic_write_json(folder / "run.json", {
-        "format": "gdx.run", "version": 1, "generator": gen_name, "segmenter": seg_name,
-        "generator_options": [], "segmenter_options": [], "layers": layers, "samples": samples,
-        "seed": seed, "threshold": 0.99, "synthetic": "toy" in (gen_name, seg_name),
-    })
+    results = gdx.dissect(gen, seg, layers, samples=samples, seed=seed, progress=False)
+    manifest = RunManifest(generator=AdapterSpec(gen_name), segmenter=AdapterSpec(seg_name), layers=layers,
+                           samples=samples, seed=seed, threshold=0.99, synthetic="toy" in (gen_name, seg_name))
+    RunFolder(folder).save(manifest, results)
     return folder
 
 
@@ -84,7 +81,7 @@ def engine_segmenter(run: Path):
     """The segmenter a ``make_run`` folder was dissected with."""
     import json
 
-    return gdx.load_segmenter(json.loads((run / "run.json").read_text())["segmenter"])
+    return RunFolder(run).manifest().segmenter.build("segmenter")
 
 
 def scene_available() -> bool:

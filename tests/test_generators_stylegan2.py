@@ -83,7 +83,7 @@ def test_conv_clamp_truncation_and_w_latents(tmp_path):
 def test_conditional_models_take_a_class_index(tmp_path):
     net = tiny_stylegan2(seed=4, c_dim=3)
     path = write_nvidia_pkl(net, tmp_path / "cond.pkl")
-    with pytest.raises(gdx.AdapterOptionError, match="class_index"):
+    with pytest.raises(gdx.AdapterOptionError, match="pass the generator option `class_index=K`"):
         gdx.load_generator("stylegan2", weights=str(path))
     gen = gdx.load_generator("stylegan2", weights=str(path), class_index=2)
     z = gen.sample_latents(2, seed=1)

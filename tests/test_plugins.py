@@ -14,13 +14,14 @@ import torch
 
 import gdx
 from gdx import hookspecs
+from gdx.errors import DuplicateAdapterError
 from gdx.manager import PluginRegistry
 
 HERE = Path(__file__).parent
 
 
-def make_plugin(**hooks):
-    mod = types.ModuleType("test_plugin")
+def make_plugin(_name="test_plugin", **hooks):
+    mod = types.ModuleType(_name)
     for name, fn in hooks.items():
         setattr(mod, name, gdx.hookimpl(fn))
     return mod
@@ -57,6 +58,61 @@ def test_misspelt_hook_fails_loudly():
 
     with pytest.raises(pluggy.PluginValidationError, match="register_generator"):
         PluginRegistry([make_plugin(register_generator=register_generator)], load_entrypoints=False)
+
+
+def _registers_generator(name):
+    def register_generators(register):
+        register(name, lambda: gdx.wrap_generator(torch.nn.Identity(), latent_shape=(3, 2, 2), name=name))
+
+    return register_generators
+
+
+def test_duplicate_adapter_name_names_both_plugins():
+    a = make_plugin("plugin_a", register_generators=_registers_generator("twin"))
+    b = make_plugin("plugin_b", register_generators=_registers_generator("twin"))
+    reg = PluginRegistry(plugins=[a, b], load_entrypoints=False)
+    with pytest.raises(DuplicateAdapterError) as info:
+        reg.infos("generator")
+    text = str(info.value)
+    assert "generator 'twin'" in text and "'plugin_a'" in text and "'plugin_b'" in text
+    assert (info.value.kind, info.value.name) == ("generator", "twin")
+    assert isinstance(info.value, gdx.GdxError)
+    with pytest.raises(DuplicateAdapterError):  # not cached as a half-built registry
+        reg.load_generator("twin")
+
+
+def test_duplicate_of_a_builtin_and_of_unnamed_plugin_objects():
+    reg = PluginRegistry([make_plugin("mytoy", register_generators=_registers_generator("toy"))],
+                         load_entrypoints=False)
+    with pytest.raises(DuplicateAdapterError, match=r"generator 'toy'.*'gdx\.plugins\.generators\.toy'.*'mytoy'"):
+        reg.infos("generator")
+
+    class SegPlugin:
+        @gdx.hookimpl
+        def register_segmenters(self, register):
+            register("same", lambda: None)
+
+    with pytest.raises(DuplicateAdapterError, match=r"segmenter 'same'.*SegPlugin object.*SegPlugin object"):
+        PluginRegistry([SegPlugin(), SegPlugin()], builtins=False, load_entrypoints=False).infos("segmenter")
+
+
+def test_missing_and_malformed_options_speak_of_options_not_flags():
+    from gdx.manager import parse_options
+
+    def register_generators(register):
+        def build(weights: str, scale: float = 1.0):
+            """Needs weights."""
+            return gdx.wrap_generator(torch.nn.Identity(), latent_shape=(3, 2, 2), name="needy")
+
+        register("needy", build)
+
+    reg = PluginRegistry([make_plugin(register_generators=register_generators)], load_entrypoints=False)
+    with pytest.raises(gdx.AdapterOptionError) as info:
+        reg.load_generator("needy")
+    assert "needs the generator option(s) `weights=...`" in str(info.value)
+    assert "--" not in str(info.value)
+    with pytest.raises(gdx.AdapterOptionError, match="not key=value.*the generator option `weights=model.pth`"):
+        parse_options(reg.info("generator", "needy"), ["weights"])
 
 
 def test_unknown_names_and_options_list_what_exists():
@@ -96,11 +152,36 @@ def test_third_party_package_is_listed_and_usable(installed_plugin, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "tinygan" in out.stdout and "gdx-tinygan 0.0.1" in out.stdout
     out = run_gdx(["plugins"], installed_plugin)
-    assert "tinygan" in out.stdout
+    assert "tinygan" in out.stdout and "gdx-tinygan 0.0.1" in out.stdout
     out = run_gdx(["run", "--gen", "tinygan", "--seg", "toy", "--samples", "20", "--quiet",
                    "--out", str(tmp_path / "r")], installed_plugin)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r" / "run.json").exists() and (tmp_path / "r" / "conv" / "dissection.json").exists()
+
+
+@pytest.fixture
+def tinygan_importable(installed_plugin, monkeypatch):
+    """The installed test package on sys.path of this process, entry points enabled."""
+    monkeypatch.syspath_prepend(str(installed_plugin))
+    monkeypatch.delenv("GDX_LOAD_PLUGINS", raising=False)
+    yield
+    sys.modules.pop("gdx_tinygan", None)
+
+
+def test_entry_point_plugin_reports_its_distribution(tinygan_importable):
+    reg = PluginRegistry()
+    assert reg.infos("generator")["tinygan"].plugin == "tinygan"
+    packages = reg.plugin_packages()
+    assert packages["tinygan"] == "gdx-tinygan 0.0.1"
+    assert packages["gdx.plugins.generators.toy"] == "gdx (built-in)"
+    assert set(packages) == set(reg.plugin_names())
+
+
+def test_duplicate_of_an_entry_point_plugin_names_its_package(tinygan_importable):
+    reg = PluginRegistry([make_plugin("mine", register_generators=_registers_generator("tinygan"))])
+    with pytest.raises(DuplicateAdapterError) as info:
+        reg.infos("generator")
+    assert "'tinygan' (gdx-tinygan 0.0.1)" in str(info.value) and "'mine'" in str(info.value)
 
 
 def test_gdx_load_plugins_restricts_entry_points(installed_plugin):

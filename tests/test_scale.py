@@ -104,12 +104,12 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     from click.testing import CliRunner
 
     from gdx.cli import cli
-    from gdx.runs import RunFolder
+    from gdx.runs import CheckpointedRun
 
     folder = tmp_path / "r"
     # a checkpoint written by a run with other settings
     dissection = gdx.DissectionRun(gdx.load_generator("toy"), gdx.load_segmenter("toy"), ["features"], samples=16)
-    RunFolder(folder, dissection, {"some": "other settings"}).save_checkpoint(1, 8, dissection.new_level_pass())
+    CheckpointedRun(folder, dissection, {"some": "other settings"}).save_checkpoint(1, 8, dissection.new_level_pass())
     base = ["run", "--gen", "toy", "--seg", "toy", "--quiet", "--samples", "16", "--out", str(folder)]
     r = CliRunner().invoke(cli, [*base, "--resume"])
     assert r.exit_code == 1 and "other settings" in r.output
@@ -120,7 +120,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 def test_nan_error_keeps_the_last_checkpoint_usable(tmp_path):
-    from gdx.runs import RunFolder
+    from gdx.runs import CheckpointedRun
 
     gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
 
@@ -142,11 +142,11 @@ def test_nan_error_keeps_the_last_checkpoint_usable(tmp_path):
     settings = {"case": "nan"}
     run = gdx.DissectionRun(flaky, seg, ["features"], samples=64, batch_size=4)
     with pytest.raises(gdx.NonFiniteError, match="batch 9, samples 37"):
-        RunFolder(tmp_path, run, settings, checkpoint_every=2).execute(resume=False)
+        CheckpointedRun(tmp_path, run, settings, checkpoint_every=2).execute(resume=False)
     meta = json.loads((tmp_path / "checkpoint" / "rank0.json").read_text())
     assert meta["phase"] == 1 and meta["next"] == 32  # last save before the bad batch
     flaky.poison = False
     run2 = gdx.DissectionRun(flaky, seg, ["features"], samples=64, batch_size=4)
-    [resumed] = RunFolder(tmp_path, run2, settings, checkpoint_every=2).execute(resume=True)
+    [resumed] = CheckpointedRun(tmp_path, run2, settings, checkpoint_every=2).execute(resume=True)
     clean = gdx.dissect(gen, seg, "features", samples=64, batch_size=4, progress=False)
     assert_same(clean, resumed)

@@ -78,7 +78,7 @@ def test_errors(tmp_path, tv_deeplab):
     with pytest.raises(CheckpointError, match="ProGAN"):
         gdx.load_segmenter("deeplab", weights=str(sf.progan_like_state(tmp_path / "g.pth")))
     upernet_dir, _ = sf.smp_directory(tmp_path / "up", classes=3)
-    with pytest.raises(CheckpointError, match="use --seg upernet"):
+    with pytest.raises(CheckpointError, match="use the segmenter `upernet`"):
         gdx.load_segmenter("deeplab", weights=str(upernet_dir))
     sd, _ = sf.smp_state_dict(tmp_path / "r18.pth", encoder="resnet18", classes=3)
     with pytest.raises(CheckpointError, match="resnet34"):

@@ -155,7 +155,7 @@ def test_errors_labels_length_and_other_smp_model(tmp_path, smp_dir):
     with pytest.raises(CheckpointError, match="2 names but the model predicts 150"):
         gdx.load_segmenter("upernet", weights=str(folder), labels=str(bad))
     deeplab_dir, _ = sf.smp_directory(tmp_path / "dl", arch="DeepLabV3", classes=3)
-    with pytest.raises(CheckpointError, match="use --seg deeplab"):
+    with pytest.raises(CheckpointError, match="use the segmenter `deeplab`"):
         gdx.load_segmenter("upernet", weights=str(deeplab_dir))
 
 

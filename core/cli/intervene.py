@@ -26,12 +26,9 @@ from gdx.hookspecs import hookimpl
 
 
 def _layer(generator: Any, layer: str | None) -> str:
-    layer = layer or getattr(generator, "default_layer", None)
-    if not layer:
-        raise GdxError(
-            f"pass --layer NAME (layers: {', '.join(generator.layer_names()[:30])})"
-        )
-    return layer
+    from gdx.runs import choose_layers
+
+    return choose_layers(generator, [layer] if layer else None)[0]
 
 
 def _parse_units(text: str) -> list[int]:
@@ -42,12 +39,9 @@ def _parse_units(text: str) -> list[int]:
 
 
 def _dissection_for(run_dir: str, layer: str):
-    from gdx.results import Dissection
+    from gdx.runs import RunFolder
 
-    path = Path(run_dir) / layer
-    if not path.exists():
-        raise GdxError(f"{run_dir} has no dissection of layer {layer!r} (expected {path}); run 'gdx run --layer {layer}'")
-    return Dissection.load(path)
+    return RunFolder(run_dir).dissection(layer)
 
 
 def _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top, samples, seed, say):

@@ -39,7 +39,7 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, 
         ) from None
     import torch
 
-    from gdx.cli.options import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, first_registered
+    from gdx.cli.options import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, adapter_spec, first_registered
     from gdx.paint.models import engine_from_run, quick_dissection
 
     # A context, not torch.set_grad_enabled(False): the command also runs in-process
@@ -49,8 +49,9 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, 
         if run_dir is None:
             gen = gen or first_registered("generator", DEFAULT_GENERATORS)
             seg = seg or first_registered("segmenter", DEFAULT_SEGMENTERS)
-            run_dir = quick_dissection(gen, seg, tuple(gen_opts), tuple(seg_opts), layer, samples=samples,
-                                       log=lambda m: click.echo(m, err=True))
+            run_dir = quick_dissection(adapter_spec("generator", gen, tuple(gen_opts)),
+                                       adapter_spec("segmenter", seg, tuple(seg_opts)), layer, samples=samples,
+                                       log=lambda m: click.echo(f"no --run given: {m}", err=True))
         elif gen:
             click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
         engine = engine_from_run(run_dir, layer, iou_min=iou_min)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from gdx.cli.options import format_table, friendly_errors, load_models, model_options, parse_threshold
-from gdx.errors import GdxError
+from gdx.cli.options import build_models, format_table, friendly_errors, model_options, parse_threshold
 from gdx.hookspecs import hookimpl
 
 
@@ -41,51 +40,39 @@ def register_commands(cli: click.Group) -> None:
 def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed, threshold, out, top,
         checkpoint_every, resume, overwrite, workers, make_report, quiet):
     """Dissect generator layers: which units match which concepts (SPEC §1)."""
-    import shutil
-
     from gdx.distributed import init_world, launched_by_torchrun, shutdown
     from gdx.dissection import DissectionRun
-    from gdx.runs import CHECKPOINT_DIR, RunFolder, run_state
+    from gdx.runs import CheckpointedRun, RunFolder, RunManifest, choose_layers
 
     if workers > 1 and not launched_by_torchrun():
         relaunch_with_torchrun(workers)
         return
     thr = parse_threshold(threshold)
-    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts)
-    if not layers:
-        if not generator.default_layer:
-            raise GdxError(
-                f"generator {gen_name!r} has no default layer: pass --layer NAME "
-                f"(layers: {', '.join(generator.layer_names()[:30])})"
-            )
-        layers = (generator.default_layer,)
+    models = build_models(gen, seg, gen_opts, seg_opts)
+    gen_name, seg_name, generator = models.generator_spec.name, models.segmenter_spec.name, models.generator
+    layers = choose_layers(generator, layers)
     out_dir = Path(out) if out else Path("runs") / f"{gen_name}-{seg_name}"
     world = init_world(device)
     say = (lambda *a, **k: click.echo(*a, **k)) if world.is_main else (lambda *a, **k: None)
-    state = run_state(out_dir)
-    if state != "empty" and overwrite and world.is_main:
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-        (out_dir / "run.json").unlink(missing_ok=True)
-    elif state == "finished" and not overwrite:
-        raise GdxError(f"{out_dir} already holds a finished run; pass --overwrite to replace it, or another --out.")
+    RunFolder(out_dir).prepare(resume=resume, overwrite=overwrite, is_main=world.is_main)
     synthetic = "toy" in (gen_name, seg_name)
     if synthetic:
         say("note: using the SYNTHETIC built-in toy models (hand-built, untrained).", err=True)
     say(f"dissecting {gen_name}:{','.join(layers)} with {seg_name} ({samples} samples, seed {seed}, "
         f"threshold {thr}{f', {world.size} processes' if world.size > 1 else ''}) -> {out_dir}", err=True)
     started = time.time()
-    dissection = DissectionRun(generator, segmenter, list(layers), samples=samples, batch_size=batch_size, seed=seed,
-                               threshold=thr, device=device, progress=not quiet and world.is_main)
-    settings = {
-        "generator": gen_name, "segmenter": seg_name, "generator_options": sorted(gen_opts),
-        "segmenter_options": sorted(seg_opts), "layers": list(layers), "samples": samples, "seed": seed,
-        "threshold": thr, "batch_size": dissection.batch_size, "sketch_size": dissection.sketch_size,
-    }
-    folder = RunFolder(out_dir, dissection, settings, world=world, checkpoint_every=checkpoint_every)
+    dissection = DissectionRun(generator, models.segmenter, list(layers), samples=samples, batch_size=batch_size,
+                               seed=seed, threshold=thr, device=device, progress=not quiet and world.is_main)
+    manifest = RunManifest(
+        generator=models.generator_spec, segmenter=models.segmenter_spec, layers=list(layers), samples=samples,
+        seed=seed, threshold=thr, batch_size=dissection.batch_size, sketch_size=dissection.sketch_size,
+        processes=world.size, synthetic=synthetic,
+    )
+    execution = CheckpointedRun(out_dir, dissection, manifest.settings(), world=world,
+                                checkpoint_every=checkpoint_every)
     try:
-        results = folder.execute(resume=resume)
-        folder.finish({"format": "gdx.run", "version": 1, **settings, "processes": world.size,
-                       "seconds": round(time.time() - started, 2), "synthetic": synthetic})
+        results = execution.execute(resume=resume)
+        execution.finish(dataclasses.replace(manifest, seconds=round(time.time() - started, 2)))
     finally:
         shutdown(world)
     if results is None:
@@ -113,17 +100,9 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
 @friendly_errors
 def show(run_dir, top):
     """Print the table of a finished run folder again."""
-    from gdx.results import Dissection
+    from gdx.runs import RunFolder
 
-    folder = Path(run_dir)
-    manifest = folder / "run.json"
-    if not manifest.exists():
-        if (folder / "checkpoint").exists():
-            raise GdxError(f"{folder} is an unfinished run: continue it with the same 'gdx run' command plus --resume.")
-        raise GdxError(f"{folder} has no run.json: not a finished gdx run folder.")
-    meta = json.loads(manifest.read_text())
-    for layer in meta["layers"]:
-        d = Dissection.load(folder / layer)
+    for d in RunFolder(run_dir).dissections():
         click.echo(str(d.summary()))
         rows = [[str(u.unit), u.label, f"{u.iou:.3f}"] for u in d.interpretable()[:top]]
         if rows:

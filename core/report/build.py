@@ -29,6 +29,7 @@ from gdx.report.causal import CausalResults, find_causal_results
 from gdx.report.samples import StripSpec, render_unit_strips, tile_size
 from gdx.report.svg import bar_chart, line_chart
 from gdx.results import Dissection
+from gdx.runs import RunFolder, RunManifest
 
 STATIC_FILES = ("report.css", "report.js")
 
@@ -38,26 +39,14 @@ class RunInfo:
     """A finished run folder: its manifest and its per-layer dissections."""
 
     folder: Path
-    manifest: dict[str, Any]
+    manifest: RunManifest
     dissections: list[Dissection]
 
 
 def load_run(run_dir: str | Path) -> RunInfo:
     """Read ``run.json`` and every layer's dissection from a ``gdx run --out`` folder."""
-    folder = Path(run_dir)
-    manifest_path = folder / "run.json"
-    if not manifest_path.is_file():
-        raise ResultFormatError(
-            f"{folder} has no run.json: pass the folder 'gdx run --out DIR' wrote (the run may not have finished)."
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except ValueError as exc:
-        raise ResultFormatError(f"{manifest_path} is not valid JSON ({exc}); re-run 'gdx run'.") from None
-    layers = manifest.get("layers") or []
-    if not layers:
-        raise ResultFormatError(f"{manifest_path} lists no layers; re-run 'gdx run'.")
-    return RunInfo(folder, manifest, [Dissection.load(folder / layer) for layer in layers])
+    folder = RunFolder(run_dir)
+    return RunInfo(folder.path, folder.manifest(), folder.dissections())
 
 
 def safe_name(layer: str) -> str:
@@ -183,12 +172,6 @@ def _write_static(out: Path) -> None:
         (out / name).write_text(_static(name), encoding="utf-8")
 
 
-def _build_models(manifest: dict[str, Any]):
-    from gdx.cli import build_adapter
-
-    return build_adapter("generator", manifest["generator"], tuple(manifest.get("generator_options") or ()))
-
-
 def write_report(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -217,7 +200,7 @@ def write_report(
     causal = find_causal_results(run.folder)
     gen = generator
     if images and gen is None:
-        gen = _build_models(run.manifest)
+        gen = run.manifest.generator.build("generator")
     sections, nav = [], []
     for d in run.dissections:
         folder = safe_name(d.layer)
@@ -247,9 +230,9 @@ def write_report(
             f"<h3>Units</h3>{unit_table(d, strips, folder, strip_size)}</section>"
         )
     m = run.manifest
-    title = f"gdx dissection: {m.get('generator')} / {m.get('segmenter')}"
+    title = f"gdx dissection: {m.generator.name} / {m.segmenter.name}"
     note = ('<p class="note">SYNTHETIC models (the built-in toy pair): the results show how gdx works, '
-            "not what a real GAN learned.</p>") if m.get("synthetic") else ""
+            "not what a real GAN learned.</p>") if m.synthetic else ""
     body = (f"<header><h1>{html.escape(title)}</h1>{note}<nav>{' · '.join(nav)}</nav></header>"
             f"<main>{''.join(sections)}</main>")
     index = out / "index.html"
@@ -271,7 +254,7 @@ def resolve_side(path: str | Path) -> Side:
     if (p / "dissection.json").is_file():
         d = Dissection.load(p)
         return Side(f"{p.parent.name}/{d.layer}", d)
-    if (p / "run.json").is_file():
+    if RunFolder(p).state() == "finished":
         run = load_run(p)
         if len(run.dissections) != 1:
             names = ", ".join(str(p / safe_name(d.layer)) for d in run.dissections)

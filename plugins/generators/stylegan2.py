@@ -318,7 +318,7 @@ class StyleGAN2(Generator):
             raise AdapterOptionError(f"stylegan2 option truncation={truncation!r}: expected a number such as 0.7.")
         if net.c_dim > 0 and class_index is None:
             raise AdapterOptionError(
-                f"this StyleGAN2 is conditional on {net.c_dim} classes: pass --gen-opt class_index=K (0..{net.c_dim - 1})."
+                f"this StyleGAN2 is conditional on {net.c_dim} classes: pass the generator option `class_index=K` (0..{net.c_dim - 1})."
             )
         if class_index is not None and not 0 <= class_index < max(net.c_dim, 1):
             raise AdapterOptionError(f"stylegan2 option class_index={class_index}: the model has {net.c_dim} classes.")

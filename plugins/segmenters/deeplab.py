@@ -1,6 +1,7 @@
 """The "deeplab" segmenter: torchvision DeepLabV3 and smp DeepLabV3/DeepLabV3+ weights.
 
-``--seg deeplab --seg-opt weights=PATH`` where PATH is
+The segmenter ``deeplab`` with the option ``weights=PATH``
+(``gdx.load_segmenter("deeplab", weights=PATH)``), where PATH is
 
 * a torchvision ``deeplabv3_resnet50``/``deeplabv3_resnet101`` state dict (keys
   ``backbone.*``, ``classifier.*``, optionally ``aux_classifier.*``; e.g.
@@ -121,7 +122,7 @@ def build_deeplab(
         if loaded.model_class not in ("DeepLabV3", "DeepLabV3Plus"):
             raise CheckpointError(
                 f"{WHAT}: {path} holds an smp {loaded.model_class}, not a DeepLabV3/V3+"
-                + ("; use --seg upernet." if loaded.model_class == "UPerNet" else ".")
+                + ("; use the segmenter `upernet`." if loaded.model_class == "UPerNet" else ".")
             )
         chosen = choose_labels(loaded.classes, labels or labels_beside(path), default=voc_labels(), what=WHAT)
         return TorchSegmenter(
@@ -142,7 +143,7 @@ def build_deeplab(
         smp_arch = smp_arch_from_keys(state) if arch == "auto" else arch
         enc = resnet_encoder_name(state, "encoder.") if encoder == "auto" else encoder
         if enc is None:
-            raise CheckpointError(f"{what}: cannot tell the smp encoder from the keys; pass --seg-opt encoder=<smp encoder name>.")
+            raise CheckpointError(f"{what}: cannot tell the smp encoder from the keys; pass the segmenter option `encoder=<smp encoder name>`.")
         classes = classes_of_smp_state(state, what=what)
         model = build_smp(str(smp_arch), enc, classes, what=what)
         load_strict(model, state, what=what, expected=f"smp.{smp_arch}({enc})")

@@ -89,7 +89,7 @@ def read_labels_file(path: str | os.PathLike[str]) -> LabelSet:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise CheckpointError(f"labels file not found: {p}. Pass --seg-opt labels=<file .txt/.json>.")
+        raise CheckpointError(f"labels file not found: {p}. Pass the segmenter option `labels=<file .txt/.json>`.")
     text = p.read_text(encoding="utf-8")
     if p.suffix.lower() == ".json":
         try:

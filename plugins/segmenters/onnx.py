@@ -1,6 +1,7 @@
 """The "onnx" segmenter: any ONNX segmentation model plus a labels file, run by onnxruntime.
 
-``--seg onnx --seg-opt model=net.onnx --seg-opt labels=labels.json``. The model takes
+The segmenter ``onnx`` with the options ``model=net.onnx`` and ``labels=labels.json``
+(``gdx.load_segmenter("onnx", model="net.onnx", labels="labels.json")``). The model takes
 one image batch N x 3 x H x W and returns either class logits N x C x h x w (the
 argmax is taken after bilinear resizing to the image size) or integer labels
 N x h x w (resized nearest-neighbour; negative values mean "no label").
@@ -145,7 +146,7 @@ class OnnxSegmenter(Segmenter):
         if self.output_is_logits and len(out_shape) == 4 and isinstance(out_shape[1], int):
             return LabelSet([f"class{i}" for i in range(out_shape[1])])
         raise CheckpointError(
-            f"{WHAT}: {self.path} does not say how many classes it has; pass --seg-opt labels=<file .txt/.json>."
+            f"{WHAT}: {self.path} does not say how many classes it has; pass the segmenter option `labels=<file .txt/.json>`."
         )
 
     @property

@@ -116,7 +116,8 @@ def albumentations_preprocess(path: Path) -> tuple[Preprocess, tuple[int, int] |
             if t.get("normalization", "standard") != "standard":
                 raise CheckpointError(
                     f"{path}: Normalize(normalization={t.get('normalization')!r}) is not supported; "
-                    "pass --seg-opt mean=... std=... for the model's fixed normalisation."
+                    "pass the segmenter option `mean=...` and the segmenter option `std=...` for the model's "
+                    "fixed normalisation."
                 )
             m = float(t.get("max_pixel_value", 255.0) or 255.0)
             mean = t.get("mean", IMAGENET_MEAN)

@@ -1,6 +1,7 @@
 """The "upernet" segmenter: UPerNet scene parsers from the files users have.
 
-``--seg upernet --seg-opt weights=PATH`` where PATH is
+The segmenter ``upernet`` with the option ``weights=PATH``
+(``gdx.load_segmenter("upernet", weights=PATH)``), where PATH is
 
 * an smp ``UPerNet`` ``save_pretrained`` directory (``config.json`` +
   ``model.safetensors``, e.g. smp-hub's ADE20K conversions). Preprocessing comes from
@@ -197,7 +198,7 @@ def build_upernet(
         if loaded.model_class != "UPerNet":
             raise CheckpointError(
                 f"{WHAT}: {path} holds an smp {loaded.model_class}, not a UPerNet; "
-                + ("use --seg deeplab." if "DeepLab" in loaded.model_class else "use the matching segmenter.")
+                + ("use the segmenter `deeplab`." if "DeepLab" in loaded.model_class else "use the matching segmenter.")
             )
         chosen = choose_labels(loaded.classes, labels or labels_beside(path), default=ade20k_labels(), what=WHAT)
         return TorchSegmenter(
@@ -257,7 +258,7 @@ def _smp_state_dict_segmenter(path: Path, state: dict[str, torch.Tensor], encode
     what = f"{WHAT} ({path})"
     enc = resnet_encoder_name(state, "encoder.") if encoder == "auto" else encoder
     if enc is None:
-        raise CheckpointError(f"{what}: cannot tell the smp encoder from the keys; pass --seg-opt encoder=<smp encoder name>.")
+        raise CheckpointError(f"{what}: cannot tell the smp encoder from the keys; pass the segmenter option `encoder=<smp encoder name>`.")
     classes = classes_of_smp_state(state, what=what)
     channels = int(state["segmentation_head.0.weight"].shape[1])
     model = build_smp("UPerNet", enc, classes, what=what, decoder_channels=channels)
@@ -280,7 +281,7 @@ def build_upp_segmenter(
         raise CheckpointError(
             f"{WHAT}: {dec_path} is a Unified Perceptual Parsing (Broden+) decoder, whose label names live in the "
             f"labels.json published with it (upp-resnet50-upernet/labels.json); none found at {labels_path}. "
-            "Put it beside the weights or pass --seg-opt labels=<labels.json>."
+            "Put it beside the weights or pass the segmenter option `labels=<labels.json>`."
         )
     if ppm_pool not in ("prroi", "adaptive"):
         raise CheckpointError(f"{WHAT}: ppm_pool={ppm_pool!r}; choose prroi (exact) or adaptive.")
