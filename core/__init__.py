@@ -11,17 +11,27 @@ The public API is this module's ``__all__``; everything else is internal.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gdx.errors import (
     AdapterOptionError,
     CheckpointError,
+    DuplicateAdapterError,
     GdxError,
     GeneratorOutputError,
     InterventionError,
+    LayerOutputError,
+    MetricSetupError,
     MissingDependencyError,
     NonFiniteError,
     NotDifferentiableError,
+    PaintError,
+    RepairError,
     ResultFormatError,
+    ResumeError,
+    RunFolderError,
     SegmenterOutputError,
+    SettingsError,
     UnknownAdapterError,
     UnknownLayerError,
 )
@@ -30,9 +40,9 @@ from gdx.interfaces import Generator, Metric, Segmenter
 from gdx.wrappers import seeded_normal, wrap_generator, wrap_segmenter
 from gdx.manager import PluginRegistry, default_registry
 from gdx.tracing import StopForward, Trace, resolve_layers
-from gdx.results import Dissection, DissectionSettings, Summary, UnitLabel
+from gdx.results import Dissection, DissectionSettings, JsonResult, Summary, UnitLabel, load_result
 from gdx.dissection import DissectionRun, dissect
-from gdx.intervention import Edit, Intervention, intervene
+from gdx.intervention import Edit, Intervention, Value, intervene
 from gdx.values import insertion_values, unit_quantiles
 from gdx.causal import (
     CausalEffect,
@@ -50,74 +60,89 @@ from gdx.causal import (
     segment_probs,
 )
 from gdx.repair import ArtifactRepair, find_artifact_units
+from gdx.runs import AdapterSpec, RunFolder, RunManifest
 
 
-def load_generator(name: str, **options):
-    """Build the registered generator ``name`` with ``options`` (as ``--gen-opt key=value``).
+def load_generator(name: str, **options: Any) -> Generator:
+    """Build the registered generator ``name`` with ``options`` (what the CLI takes as ``--gen-opt key=value``).
 
     >>> gen = gdx.load_generator("progan", weights="churchoutdoor_lsun.pth")
     """
     return default_registry().load_generator(name, **options)
 
 
-def load_segmenter(name: str, **options):
-    """Build the registered segmenter ``name`` with ``options`` (as ``--seg-opt key=value``)."""
+def load_segmenter(name: str, **options: Any) -> Segmenter:
+    """Build the registered segmenter ``name`` with ``options`` (what the CLI takes as ``--seg-opt key=value``)."""
     return default_registry().load_segmenter(name, **options)
 
 
 from gdx._version import __version__
 
 __all__ = [
+    "AdapterOptionError",
+    "AdapterSpec",
     "ArtifactRepair",
     "CausalEffect",
+    "CheckpointError",
     "CumulativeCurve",
+    "Dissection",
+    "DissectionRun",
+    "DissectionSettings",
+    "DuplicateAdapterError",
     "Edit",
+    "GdxError",
+    "Generator",
+    "GeneratorOutputError",
     "Intervention",
     "InterventionError",
+    "JsonResult",
+    "LayerOutputError",
     "LocationMap",
+    "Metric",
+    "MetricSetupError",
+    "MissingDependencyError",
+    "NonFiniteError",
     "NotDifferentiableError",
+    "PaintError",
+    "PluginRegistry",
     "RemovalTable",
+    "RepairError",
+    "ResultFormatError",
+    "ResumeError",
+    "RunFolder",
+    "RunFolderError",
+    "RunManifest",
+    "Segmenter",
+    "SegmenterOutputError",
+    "SettingsError",
+    "StopForward",
+    "Summary",
+    "Trace",
+    "UnitLabel",
     "UnitRanking",
+    "UnknownAdapterError",
+    "UnknownLayerError",
+    "Value",
     "causal_effect",
     "cumulative_effect",
+    "default_registry",
+    "dissect",
     "find_artifact_units",
+    "hookimpl",
     "insertion_values",
     "intervene",
+    "load_generator",
+    "load_result",
+    "load_segmenter",
     "location_map",
     "optimize_units",
     "rank_by_ace",
     "rank_by_iou",
     "removal_table",
-    "segment_probs",
-    "unit_quantiles",
-    "AdapterOptionError",
-    "CheckpointError",
-    "Dissection",
-    "DissectionRun",
-    "DissectionSettings",
-    "GdxError",
-    "Generator",
-    "GeneratorOutputError",
-    "Metric",
-    "NonFiniteError",
-    "PluginRegistry",
-    "ResultFormatError",
-    "Segmenter",
-    "SegmenterOutputError",
-    "StopForward",
-    "Summary",
-    "Trace",
-    "UnitLabel",
-    "UnknownAdapterError",
-    "UnknownLayerError",
-    "MissingDependencyError",
-    "default_registry",
-    "dissect",
-    "hookimpl",
-    "load_generator",
-    "load_segmenter",
     "resolve_layers",
     "seeded_normal",
+    "segment_probs",
+    "unit_quantiles",
     "wrap_generator",
     "wrap_segmenter",
 ]

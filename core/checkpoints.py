@@ -9,6 +9,7 @@ Formats that need full pickle (NVIDIA ``.pkl``) go through
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import zipfile
 from collections.abc import Iterable
@@ -47,7 +48,7 @@ def load_torch_file(
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(p, map_location="cpu", weights_only=True)
-    except torch.serialization.pickle.UnpicklingError as exc:  # type: ignore[attr-defined]
+    except pickle.UnpicklingError as exc:  # torch.load's weights-only refusals and corrupt pickles
         if "weights only" not in str(exc).lower():
             raise CheckpointError(
                 f"{what}: {p} is not a torch checkpoint ({_first(exc)}); it may be truncated or another "

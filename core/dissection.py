@@ -13,21 +13,21 @@ Every statistic is bounded in size and mergeable, so a run can be split into sha
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
 
-from gdx.checks import check_finite, check_images, check_segmentation
-from gdx.errors import GdxError
+from gdx.checks import check_finite, check_images
+from gdx.errors import LayerOutputError, SettingsError
 from gdx.interfaces import Generator, Segmenter
 from gdx.manager import PluginRegistry, default_registry
 from gdx.results import Dissection, DissectionSettings, UnitLabel
 from gdx.scores import DissectionContext, DissectionMetric, LevelBatch
 from gdx.stats import PointSample, TopSamples
-from gdx.sampling import resize_for
+from gdx.sampling import segment_images
 from gdx.tracing import Trace, resolve_layers
 
 DEFAULT_BATCH_SIZE = 8
@@ -132,7 +132,7 @@ class DissectionRun:
         if isinstance(self.layers, str):
             self.layers = [self.layers]
         if not self.layers:
-            raise GdxError("no layer given: pass a layer name (see generator.layer_names()).")
+            raise SettingsError("no layer given: pass a layer name (see generator.layer_names()).")
         resolve_layers(self.generator.module, self.layers)  # clear error for a wrong name
         self.batch_size = int(self.batch_size or DEFAULT_BATCH_SIZE)
         self.registry = self.registry or default_registry()
@@ -150,7 +150,7 @@ class DissectionRun:
         if self._latents is None:
             self._latents = self.generator.sample_latents(self.samples, seed=self.seed)
             if len(self._latents) != self.samples:
-                raise GdxError(
+                raise SettingsError(
                     f"generator {self.generator.name!r} returned {len(self._latents)} latents for "
                     f"sample_latents({self.samples}); it must return exactly n."
                 )
@@ -166,20 +166,22 @@ class DissectionRun:
         return self.latents[index].to(self.generator.device)
 
     # -- forward passes -------------------------------------------------------------
-    def _layer_outputs(self, z: torch.Tensor, *, stop: bool, batch: int, index: torch.Tensor):
+    def _layer_outputs(
+        self, z: torch.Tensor, *, stop: bool, batch: int, index: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         with Trace(self.generator.module, self.layers, stop=stop) as tr:
             images = self.generator.generate(z)
-        acts = {}
+        acts: dict[str, torch.Tensor] = {}
         for name in self.layers:
             if name not in tr.outputs:
-                raise GdxError(
+                raise LayerOutputError(
                     f"layer {name!r} did not run during generate(); pick a layer on the path from "
                     "latent to image (see generator.layer_names())."
                 )
             a = tr.outputs[name]
             if not isinstance(a, torch.Tensor) or a.ndim != 4:
                 shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
-                raise GdxError(
+                raise LayerOutputError(
                     f"layer {name!r} outputs {shape}; dissection needs a feature map N x U x h x w. "
                     "Pick a convolutional layer (or a sub-module whose output is one)."
                 )
@@ -187,19 +189,16 @@ class DissectionRun:
             if self._probe is not None:
                 want = (self._probe.units[name], *self._probe.grid[name])
                 if tuple(a.shape[1:]) != want:
-                    raise GdxError(
+                    raise LayerOutputError(
                         f"layer {name!r} changed shape at batch {batch} (samples {index[0]}..{index[-1]}): "
                         f"{tuple(a.shape[1:])}, earlier {want}. Dissection needs a fixed layer shape."
                     )
             acts[name] = a
         return acts, (None if stop else images)
 
-    def _segment(self, images: torch.Tensor, *, batch: int, index: torch.Tensor) -> torch.Tensor:
-        check_images(images, n=len(index), batch=batch, sample_index=index)
-        seg = self.segmenter.segment(resize_for(self.segmenter, images))
-        return check_segmentation(
-            seg, n=len(index), num_labels=len(self.segmenter.labels), batch=batch, name=self.segmenter.name
-        )
+    def _segment(self, images: torch.Tensor | None, *, batch: int, index: torch.Tensor) -> torch.Tensor:
+        images = check_images(images, n=len(index), batch=batch, sample_index=index)
+        return segment_images(self.segmenter, images, batch=batch)
 
     def probe(self) -> Probe:
         """Learn layer and segmentation shapes from sample 0 (and validate both models)."""
@@ -225,8 +224,11 @@ class DissectionRun:
         )
 
     def level_pass(self, start: int = 0, stop: int | None = None, *, state: LevelPass | None = None,
-                   on_batch=None) -> LevelPass:
-        """Pass 1 over samples ``[start, stop)``: generator up to the layers only."""
+                   on_batch: Callable[[int, int, LevelPass], object] | None = None) -> LevelPass:
+        """Pass 1 over samples ``[start, stop)``: generator up to the layers only.
+
+        ``on_batch(batch, samples_done, state)`` is called after each batch (e.g. to checkpoint).
+        """
         stop = self.samples if stop is None else stop
         state = state or self.new_level_pass()
         with torch.no_grad():
@@ -254,7 +256,7 @@ class DissectionRun:
         for name in self.layers:
             metric = info.factory(self._context(name))
             if not isinstance(metric, DissectionMetric):
-                raise GdxError(f"metric {self.metric!r} is not a dissection metric (kind {getattr(metric, 'kind', '?')!r})")
+                raise SettingsError(f"metric {self.metric!r} is not a dissection metric (kind {getattr(metric, 'kind', '?')!r})")
             fractions = metric.fractions()
             if fractions is not None:
                 metric.set_levels(levels.samples[name].quantile_levels(fractions))
@@ -262,19 +264,22 @@ class DissectionRun:
         return CountPass(metrics)
 
     def count_pass(self, levels: LevelPass, start: int = 0, stop: int | None = None, *,
-                   state: CountPass | None = None, on_batch=None) -> CountPass:
-        """Pass 2 over samples ``[start, stop)``: generator + segmenter, exact counts."""
+                   state: CountPass | None = None,
+                   on_batch: Callable[[int, int, CountPass], object] | None = None) -> CountPass:
+        """Pass 2 over samples ``[start, stop)``: generator + segmenter, exact counts.
+
+        ``on_batch(batch, samples_done, state)`` is called after each batch (e.g. to checkpoint).
+        """
         stop = self.samples if stop is None else stop
         state = state or self.new_count_pass(levels)
         with torch.no_grad():
             for batch, index in self._progress(self.batches(start, stop), start, stop, "pass 2/2 counts"):
                 acts, images = self._layer_outputs(self._z(index), stop=False, batch=batch, index=index)
                 seg = self._segment(images, batch=batch, index=index)
+                size = (int(seg.shape[-2]), int(seg.shape[-1]))
                 for name, a in acts.items():
-                    size = tuple(seg.shape[-2:])
                     state.metrics[name].update(LevelBatch(
-                        acts=a, seg=seg, sample_index=index,
-                        upsampled=lambda a=a, size=size: F.interpolate(a, size=size, mode="bilinear", align_corners=False),
+                        acts=a, seg=seg, sample_index=index, upsampled=_upsampler(a, size),
                     ))
                 state.seen += len(index)
                 if on_batch is not None:
@@ -317,7 +322,9 @@ class DissectionRun:
             ))
         return out
 
-    def _progress(self, it, start: int, stop: int, desc: str):
+    def _progress(
+        self, it: Iterator[tuple[int, torch.Tensor]], start: int, stop: int, desc: str
+    ) -> Iterable[tuple[int, torch.Tensor]]:
         if not self.progress:
             return it
         from tqdm.auto import tqdm
@@ -327,18 +334,68 @@ class DissectionRun:
         return tqdm(it, total=total, desc=desc, unit="batch", leave=False)
 
 
+def _upsampler(acts: torch.Tensor, size: tuple[int, int]) -> Callable[[], torch.Tensor]:
+    """``LevelBatch.upsampled``: the layer output bilinearly upsampled to the segmentation size, on demand."""
+
+    def upsampled() -> torch.Tensor:
+        return F.interpolate(acts, size=size, mode="bilinear", align_corners=False)
+
+    return upsampled
+
+
 def validate_settings(samples: Any, threshold: Any, batch_size: Any) -> None:
+    """Raise :class:`GdxError` for a bad ``samples``, ``threshold`` or ``batch_size``."""
     if not isinstance(samples, int) or samples < 1:
-        raise GdxError(f"samples must be a positive integer, got {samples!r}")
+        raise SettingsError(f"samples must be a positive integer, got {samples!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise GdxError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        raise SettingsError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     if threshold == "iqr":
         return
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < float(threshold) < 1:
-        raise GdxError(
+        raise SettingsError(
             f"threshold must be a quantile strictly between 0 and 1 (e.g. 0.99 = top 1%) or 'iqr', "
             f"got {threshold!r}"
         )
+
+
+# A str is also a Sequence[str]: the str overload comes first and wins, as dissect checks
+# isinstance(layer, str) at run time. mypy flags that intended overlap, hence the ignore.
+@overload
+def dissect(  # type: ignore[overload-overlap]
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: str,
+    *,
+    samples: int = 1000,
+    batch_size: int | None = None,
+    seed: int = 0,
+    threshold: float | str = 0.99,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    registry: PluginRegistry | None = None,
+    sketch_size: int = 16384,
+    top_k: int = 20,
+    metric: str | None = None,
+) -> Dissection: ...
+
+
+@overload
+def dissect(
+    generator: Generator,
+    segmenter: Segmenter,
+    layer: Sequence[str],
+    *,
+    samples: int = 1000,
+    batch_size: int | None = None,
+    seed: int = 0,
+    threshold: float | str = 0.99,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    registry: PluginRegistry | None = None,
+    sketch_size: int = 16384,
+    top_k: int = 20,
+    metric: str | None = None,
+) -> list[Dissection]: ...
 
 
 def dissect(

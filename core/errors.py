@@ -137,3 +137,15 @@ class UnsafePickleError(pickle.UnpicklingError):
     def __init__(self, module: str, name: str) -> None:
         super().__init__(f"{module}.{name}")
         self.module, self.name = module, name
+
+
+class SettingsError(GdxError, ValueError):
+    """A setting out of its range (samples, batch size, threshold, top-k...); names the value and the range."""
+
+
+class LayerOutputError(GdxError, ValueError):
+    """A layer that did not run, or whose output is not (or stops being) an N x U x h x w feature map."""
+
+
+class UsageError(GdxError, ValueError):
+    """A command-line value that cannot be read (the CLI's own input checks)."""

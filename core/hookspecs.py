@@ -18,16 +18,23 @@ and one entry point in its ``pyproject.toml``::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import pluggy
+
+class Register(Protocol):
+    """The callback a ``register_*`` hook gets: ``register(name, factory, description=None)``."""
+
+    def __call__(self, name: str, factory: Callable[..., Any], description: str | None = None) -> None: ...
+
 
 hookspec = pluggy.HookspecMarker("gdx")
 hookimpl = pluggy.HookimplMarker("gdx")
 
 
 @hookspec
-def register_generators(register: Callable[..., None]) -> None:
+def register_generators(register: Register) -> None:
     """Register generator factories: ``register(name, factory, description=None)``.
 
     ``factory(**options)`` returns a :class:`gdx.Generator`; its keyword parameters are
@@ -40,7 +47,7 @@ def register_generators(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_segmenters(register: Callable[..., None]) -> None:
+def register_segmenters(register: Register) -> None:
     """Register segmenter factories: ``register(name, factory, description=None)``.
 
     ``factory(**options)`` returns a :class:`gdx.Segmenter`; its keyword parameters are
@@ -51,7 +58,7 @@ def register_segmenters(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_metrics(register: Callable[..., None]) -> None:
+def register_metrics(register: Register) -> None:
     """Register metric factories: ``register(name, factory, description=None)``.
 
     Dissection metrics (kind ``"dissection"``) are built by the engine with

@@ -264,7 +264,7 @@ def apply_edit(r: torch.Tensor, units: torch.Tensor, value: torch.Tensor, region
     return r.index_copy(1, units, new.to(r.dtype))
 
 
-class Intervention(contextlib.AbstractContextManager):
+class Intervention(contextlib.AbstractContextManager["Intervention"]):
     """Apply :class:`Edit` s to a generator while the context is open (see :func:`intervene`).
 
     Values that need statistics (:meth:`Value.quantile` or ``"q99"``,

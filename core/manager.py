@@ -20,7 +20,7 @@ import importlib.metadata
 import inspect
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pluggy
 
@@ -179,9 +179,9 @@ class PluginRegistry:
 
     def _describe_plugin(self, name: str) -> str:
         """A plugin's name for messages, with its package when an entry point brought it."""
-        package = self.plugin_packages().get(name, "")
-        if package:
-            return f"{name!r} ({package})"
+        dist = self._distributions.get(name)
+        if dist is not None:
+            return f"{name!r} ({dist.metadata['Name']} {dist.version})"
         plugin = self.pm.get_plugin(name)
         if plugin is not None and name == str(id(plugin)):  # pluggy's name for an unnamed object
             return f"{name!r} ({type(plugin).__module__}.{type(plugin).__qualname__} object)"
@@ -203,11 +203,11 @@ class PluginRegistry:
 
     def load_generator(self, name: str, **options: Any) -> Generator:
         """Build the generator ``name`` with ``options`` (its factory's keyword parameters)."""
-        return cast("Generator", self.build("generator", name, **options))
+        return self.build("generator", name, **options)
 
     def load_segmenter(self, name: str, **options: Any) -> Segmenter:
         """Build the segmenter ``name`` with ``options`` (its factory's keyword parameters)."""
-        return cast("Segmenter", self.build("segmenter", name, **options))
+        return self.build("segmenter", name, **options)
 
 
 def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
@@ -223,9 +223,11 @@ def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
             )
     missing = [k for k, p in valid.items() if p.default is p.empty and k not in options]
     if missing:
+        # Each option keeps its own "the generator option `KEY=...`" so that the CLI can
+        # turn every one into a flag.
+        rest = "".join(f" and the {info.kind} option `{m}=...`" for m in missing[1:])
         raise AdapterOptionError(
-            f"{info.kind} {info.name!r} needs the {info.kind} option(s) "
-            f"{', '.join(f'`{m}=...`' for m in missing)}."
+            f"{info.kind} {info.name!r} needs the {info.kind} option(s) `{missing[0]}=...`{rest}"
         )
 
 

@@ -71,7 +71,8 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], *, size: int = 128, pad: 
     return out
 
 
-def _draw_line(canvas: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], colour, width: int = 2) -> None:
+def _draw_line(canvas: np.ndarray, p0: tuple[float, float], p1: tuple[float, float],
+               colour: tuple[int, int, int] | np.ndarray, width: int = 2) -> None:
     steps = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1]))) + 1
     for t in np.linspace(0.0, 1.0, steps):
         x = int(round(p0[0] + t * (p1[0] - p0[0])))

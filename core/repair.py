@@ -104,8 +104,9 @@ def _zero_output_weights(module: nn.Module, units: torch.Tensor, layer: str) -> 
                 f"layer {layer!r} is a {type(module).__name__}; mode='weights' needs a Conv2d, ConvTranspose2d "
                 "or Linear layer whose output is the edited tensor. Use mode='hook', or name the conv inside it."
             )
-        if getattr(module, "bias", None) is not None:
-            module.bias[units] = 0
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            bias[units] = 0
 
 
 def _new_metric(metric: Any) -> Metric:

@@ -227,10 +227,9 @@ class Dissection:
 
 # -- results saved as one JSON file ----------------------------------------------------
 
-#: Saved JSON result kinds (the ``"kind"`` field) -> their class; filled by subclasses of JsonResult.
+#: Saved JSON result kinds (the ``"kind"`` field) -> their class, filled as subclasses of
+#: JsonResult are defined (``import gdx`` defines every built-in one: causal and repair results).
 _RESULT_KINDS: dict[str, type[JsonResult]] = {}
-#: Modules whose import registers the built-in kinds (imported by :func:`load_result` on demand).
-_KIND_MODULES = ("gdx.causal.results", "gdx.repair")
 
 _J = TypeVar("_J", bound="JsonResult")
 
@@ -303,11 +302,7 @@ class JsonResult:
 
 
 def result_kinds() -> dict[str, type[JsonResult]]:
-    """The known saved-result kinds (``"kind"`` field -> class), built-in ones included."""
-    import importlib
-
-    for module in _KIND_MODULES:
-        importlib.import_module(module)
+    """The known saved-result kinds (``"kind"`` field -> class), sorted by kind."""
     return dict(sorted(_RESULT_KINDS.items()))
 
 
@@ -316,8 +311,9 @@ def load_result(path: str | os.PathLike[str]) -> JsonResult | Dissection:
 
     A dissection is given as its folder or its ``dissection.json``.
 
-    >>> eff = gdx.load_result("runs/x/layer4/tree.json")    # a CausalEffect
-    >>> dis = gdx.load_result("runs/x/layer4")              # a Dissection
+    >>> from gdx.results import load_result
+    >>> eff = load_result("runs/x/layer4/tree.json")    # e.g. a CausalEffect (by its "kind")
+    >>> dis = load_result("runs/x/layer4")              # a Dissection
     """
     path = Path(path)
     if path.is_dir():

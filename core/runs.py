@@ -29,7 +29,7 @@ import torch
 
 from gdx.dissection import CountPass, DissectionRun, LevelPass
 from gdx.distributed import World, barrier, gather_states
-from gdx.errors import GdxError, ResultFormatError, ResumeError, RunFolderError
+from gdx.errors import ResultFormatError, ResumeError, RunFolderError, SettingsError
 from gdx.interfaces import Generator
 from gdx.manager import PluginRegistry, default_registry, parse_options
 from gdx.results import Dissection, atomic_save_tensors, atomic_write_json, load_tensors
@@ -48,7 +48,7 @@ def choose_layers(generator: Generator, layers: Sequence[str] | None = None) -> 
     if layers:
         return list(layers)
     if not generator.default_layer:
-        raise GdxError(
+        raise SettingsError(
             f"generator {generator.name!r} has no default layer: choose one with `layer=NAME` "
             f"(its layers: {', '.join(generator.layer_names()[:30])})"
         )
@@ -216,6 +216,10 @@ class RunFolder:
         return layer
 
     def dissection(self, layer: str | None = None) -> Dissection:
+        """One layer's dissection. A folder of saved dissections without run.json
+        (``Dissection.save(folder / layer)``) serves a named layer too."""
+        if layer is not None and not self.manifest_path.is_file() and (self.path / layer / "dissection.json").is_file():
+            return Dissection.load(self.path / layer)
         return Dissection.load(self.path / self.layer(layer))
 
     def dissections(self) -> list[Dissection]:

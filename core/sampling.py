@@ -71,16 +71,17 @@ def concept_index(segmenter: Segmenter, concept: str | int) -> int:
     )
 
 
-def segment_images(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
-    """Segment ``images`` (N x 3 x H x W in [-1, 1]) as dissection does: N x K x H' x W' int64.
+def segment_images(segmenter: Segmenter, images: torch.Tensor, *, batch: int = 0) -> torch.Tensor:
+    """Segment ``images`` (N x 3 x H x W in [-1, 1]) as every measurement does: N x K x H' x W' int64.
 
     Images are resized to the segmenter's ``input_size`` with bilinear interpolation
     (``align_corners=False``, antialiased when shrinking; :func:`resize_for`)
-    and the output is validated (:func:`gdx.checks.check_segmentation`).
+    and the output is validated (:func:`gdx.checks.check_segmentation`; ``batch``
+    names the batch in its errors). Dissection and intervention share this one path.
     """
     seg = segmenter.segment(resize_for(segmenter, images))
     return check_segmentation(
-        seg, n=images.shape[0], num_labels=len(segmenter.labels), batch=0, name=getattr(segmenter, "name", "?")
+        seg, n=images.shape[0], num_labels=len(segmenter.labels), batch=batch, name=getattr(segmenter, "name", "?")
     )
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gdx.interfaces import Metric
+
+if TYPE_CHECKING:
+    from gdx.stats import LevelCounts
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,14 @@ class DissectionContext:
 
 @dataclass
 class LevelBatch:
-    """One batch as a dissection metric sees it.
+    """One batch as a dissection metric sees it (the argument of ``update``).
 
-    ``above`` (U x L), ``cooc`` (U x L x C), ``area`` (C), ``pixels``: exact counts at the
-    metric's own levels (see :class:`gdx.stats.LevelCounts`), or ``None`` for metrics
-    without levels. ``acts``: raw layer output n x U x h x w; ``seg``: labels n x K x H x W.
+    ``acts``: the raw layer output n x U x h x w; ``seg``: labels n x K x H x W (int64,
+    -1 = none); ``sample_index``: the batch's global sample indices (n,);
+    ``upsampled()``: ``acts`` bilinearly upsampled to the segmentation's H x W, computed
+    on call. Level-based metrics do not count here themselves: the default
+    :meth:`DissectionMetric.update` folds ``acts`` and ``seg`` into ``metric.counts``
+    (a :class:`gdx.stats.LevelCounts` at the metric's levels).
     """
 
     acts: torch.Tensor
@@ -70,7 +76,7 @@ class DissectionMetric(Metric):
     def __init__(self, context: DissectionContext) -> None:
         self.context = context
         self.levels: torch.Tensor | None = None
-        self.counts = None  # set by set_levels for level-based metrics
+        self.counts: LevelCounts | None = None  # set by set_levels for level-based metrics
 
     def fractions(self) -> torch.Tensor | None:
         """Top fractions (descending) at which the metric wants exact counts, or None."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -334,7 +335,7 @@ class LevelCounts:
         L = lv.shape[1]
         return (idx - u * L).clamp(0, L)
 
-    _offsets_cache: dict = {}
+    _offsets_cache: ClassVar[dict[tuple[int, int, str], torch.Tensor]] = {}
 
     @classmethod
     def _pixel_offsets(cls, s: int, row_stride: int, device: torch.device) -> torch.Tensor:
@@ -344,7 +345,7 @@ class LevelCounts:
             cls._offsets_cache[key] = (j // s) * row_stride + j % s
         return cls._offsets_cache[key]
 
-    _weights_cache: dict = {}
+    _weights_cache: ClassVar[dict[tuple[int, str], torch.Tensor]] = {}
 
     @classmethod
     def _block_weights(cls, s: int, device: torch.device) -> torch.Tensor:

@@ -5,7 +5,7 @@ record (and optionally replace) their outputs. Hooks are always removed in
 ``finally``, so no hook survives an exception. ``stop=True`` aborts the forward pass
 once every traced layer has run, for when only the layer's output is needed.
 
->>> with gdx.trace(gen.module, ["layer4"], stop=True) as tr:
+>>> with gdx.Trace(gen.module, ["layer4"], stop=True) as tr:
 ...     gen.generate(z)
 >>> tr["layer4"].shape
 torch.Size([8, 512, 8, 8])
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +44,7 @@ def resolve_layers(module: nn.Module, names: str | Sequence[str]) -> dict[str, n
     return out
 
 
-class Trace(contextlib.AbstractContextManager):
+class Trace(contextlib.AbstractContextManager["Trace"]):
     """Record the outputs of ``layers`` of ``module`` during forward passes.
 
     ``edit(name, output)`` may return a replacement output (intervention);
@@ -72,8 +74,8 @@ class Trace(contextlib.AbstractContextManager):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._seen: set[str] = set()
 
-    def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs, output):
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             if self.edit is not None:
                 edited = self.edit(name, output)
                 if edited is not None:
@@ -97,7 +99,9 @@ class Trace(contextlib.AbstractContextManager):
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         self.close()
         # StopForward ends a pass early on purpose; swallow it only here.
         return exc_type is not None and issubclass(exc_type, StopForward)

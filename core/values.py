@@ -59,6 +59,33 @@ def unit_quantiles(
     return _quantile_rows(torch.cat(chunks, dim=1), q)
 
 
+class InsertionMean:
+    """The running, concept-weighted mean of each unit's activation (the insertion constant).
+
+    Each feature cell counts with the fraction of its pixels the concept covers (the
+    concept mask average-pooled to the layer's grid), accumulated in float64. The one
+    implementation behind :func:`insertion_values` and the causal-effect baseline.
+    """
+
+    def __init__(self) -> None:
+        self.num: torch.Tensor | None = None
+        self.den = 0.0
+
+    def add(self, activations: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fold in one batch: activations N x U x h x w and the concept's mask N x H x W (bool)."""
+        r = activations.double()
+        w = F.adaptive_avg_pool2d(mask.double()[:, None], (int(r.shape[-2]), int(r.shape[-1])))
+        contrib = (r * w).sum(dim=(0, 2, 3)).cpu()
+        self.num = contrib if self.num is None else self.num + contrib
+        self.den += float(w.sum())
+
+    def value(self) -> torch.Tensor | None:
+        """U floats, or None while the concept has not appeared."""
+        if self.num is None or self.den <= 0:
+            return None
+        return (self.num / self.den).float()
+
+
 @torch.no_grad()
 def insertion_values(
     generator: Generator,
@@ -78,20 +105,15 @@ def insertion_values(
     default ("weighted mean present feature").
     """
     index = concept_index(segmenter, concept)
-    num: torch.Tensor | None = None
-    den = 0.0
+    mean = InsertionMean()
     for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
         with Trace(generator.module, layer) as tr:
             images = generator.generate(z)
-        r = tr[layer].double()
-        mask = concept_mask(segment_images(segmenter, images), index).double()
-        w = F.adaptive_avg_pool2d(mask[:, None], r.shape[-2:])
-        contrib = (r * w).sum(dim=(0, 2, 3)).cpu()
-        num = contrib if num is None else num + contrib
-        den += float(w.sum())
-    if num is None or den <= 0:
+        mean.add(tr[layer], concept_mask(segment_images(segmenter, images), index))
+    value = mean.value()
+    if value is None:
         raise InterventionError(
             f"concept {segmenter.labels[index]!r} never appears in {samples} samples (seed {seed}): "
             "its insertion values are undefined. Use more samples, or pass value= explicitly."
         )
-    return (num / den).float()
+    return value

@@ -76,7 +76,8 @@ class CallableSegmenter(Segmenter):
         unknown = set(self._categories) - set(self._labels)
         if unknown:
             raise ValueError(f"categories name labels that are not in labels: {sorted(unknown)}")
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        fn_name: str = getattr(fn, "__name__", type(fn).__name__)
+        self.name = name or fn_name
         self.input_size = input_size
 
     @property

@@ -30,7 +30,7 @@ def empty_spot(engine, segmenter, concept: str, grid: int = 12):
     """(sample, (y0, x0, y1, x1)): a grid sample and a window without ``concept``, on the most ground."""
     import torch
 
-    from gdx.intervention import segment_images
+    from gdx.sampling import segment_images
 
     labels = list(segmenter.labels)
     c = labels.index(concept)

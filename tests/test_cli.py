@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -124,10 +125,20 @@ def test_cli_reports_contract_violation_without_traceback(tmp_path):
     assert not (tmp_path / "run.json").exists()
 
 
-def test_listings():
-    for cmd in ("plugins", "generators", "segmenters", "metrics"):
-        r = invoke(cmd)
-        assert r.exit_code == 0 and "toy" in r.output or "iou" in r.output
+@pytest.mark.parametrize("cmd, expected", [
+    ("plugins", "gdx.plugins.generators.toy"),
+    ("generators", "scene-vae"),
+    ("segmenters", "upernet"),
+    ("metrics", "frechet"),
+])
+def test_listings(cmd, expected):
+    r = invoke(cmd)
+    assert r.exit_code == 0, r.output
+    assert expected in r.output
+    assert r.output.splitlines()[0].split()[0] in ("name", "plugin")  # a table with its header
+
+
+def test_listing_details():
     r = invoke("generators", "toy")
     assert "layers: features, decoder" in r.output and "option resolution = 32" in r.output
 
@@ -138,3 +149,40 @@ def test_settings_are_validated_with_clear_errors(toy_pair):
         gdx.dissect(gen, seg, "features", samples=0)
     with pytest.raises(gdx.GdxError, match="threshold must be a quantile"):
         gdx.dissect(gen, seg, "features", threshold=99)
+
+
+def test_commands_are_loaded_lazily_through_the_hook():
+    """The group starts empty; its first use registers the built-in command plugins."""
+    from gdx.cli.main import BUILTIN_COMMAND_PLUGINS, GdxGroup
+
+    group = GdxGroup("gdx")
+    assert group.commands == {}
+    names = group.list_commands(click.Context(group))
+    assert {"run", "show", "ace", "report", "compare", "paint", "generators"} <= set(names)
+    registry = gdx.default_registry()
+    for modname in BUILTIN_COMMAND_PLUGINS:
+        plugin = registry.pm.get_plugin(modname)
+        assert plugin is not None and "register_commands" in {h.name for h in registry.pm.get_hookcallers(plugin)}
+
+
+def test_importing_the_cli_loads_no_command_module():
+    import subprocess
+    import sys
+
+    code = ("import sys, gdx.cli; mods = [m for m in sys.modules if m.startswith('gdx.cli.') and m != 'gdx.cli.main'];"
+            " print(mods); assert not mods, mods")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cli_speaks_flags_where_the_library_speaks_parameters(tmp_path):
+    from gdx.cli.options import cli_message
+
+    assert cli_message("pass `resume=True` to continue it, or `overwrite=True` to start again.") == (
+        "pass --resume to continue it, or --overwrite to start again.")
+    assert cli_message("needs the generator option(s) `weights=...`") == "needs --gen-opt weights=..."
+    assert cli_message("use the segmenter `upernet`.") == "use --seg upernet."
+    out = tmp_path / "run"
+    assert invoke("run", "--gen", "toy", "--seg", "toy", "--samples", "8", "--quiet", "--out", str(out)).exit_code == 0
+    again = CliRunner().invoke(cli, ["run", "--gen", "toy", "--seg", "toy", "--samples", "8", "--quiet", "--out", str(out)])
+    assert again.exit_code == 1 and "--overwrite" in again.output and "overwrite=True" not in again.output

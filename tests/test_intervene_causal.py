@@ -152,16 +152,16 @@ def test_removal_table_with_random_control(street):
     iou[[0, 1, 2], 0] = 1.0
     iou[[4, 5], 1] = 1.0
     table = removal_table(gen, seg, "features", ["tree", "rock"], top=3, method="iou", init=iou, samples=40)
-    rows = {r["concept"]: r for r in table.rows}
-    assert rows["tree"]["removed"] > 0.9 and rows["rock"]["removed"] > 0.9
+    rows = {r.concept: r for r in table.rows}
+    assert rows["tree"].removed > 0.9 and rows["rock"].removed > 0.9
     assert "| tree |" in table.to_markdown() and "mean of 5 draws" in table.to_markdown()
     # The control is the mean over 5 independent draws of random units; the worst draw is kept.
     row = rows["tree"]
-    assert len(row["random_draws"]) == 5 and len({tuple(d) for d in row["random_draws"]}) > 1
-    assert row["random_removed"] == pytest.approx(sum(row["random_removed_draws"]) / 5)
-    assert abs(row["random_worst_side_effect"]) >= abs(row["random_side_effect"]) - 1e-9
+    assert len(row.random_draws) == 5 and len({tuple(d) for d in row.random_draws}) > 1
+    assert row.random_removed == pytest.approx(sum(row.random_removed_draws) / 5)
+    assert abs(row.random_worst_side_effect) >= abs(row.random_side_effect) - 1e-9
     one = removal_table(gen, seg, "features", ["tree"], top=3, method="iou", init=iou, samples=40, control_draws=1)
-    assert one.rows[0]["random_removed"] == pytest.approx(row["random_removed_draws"][0])
+    assert one.rows[0].random_removed == pytest.approx(row.random_removed_draws[0])
     with pytest.raises(gdx.InterventionError, match="control_draws"):
         removal_table(gen, seg, "features", ["tree"], top=3, method="iou", init=iou, samples=40, control_draws=0)
 

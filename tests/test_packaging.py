@@ -45,6 +45,12 @@ def test_wheel_installs_and_imports_outside_the_repo(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(dist), str(ROOT)], check=True)
     [wheel] = dist.glob("gdx-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    training = [n for n in names if any(part in n for part in ("train_", "select_snapshot", "make_grid", "tools/"))]
+    assert not training, f"training scripts must not ship in the wheel: {training}"
+    assert "gdx/scenes/render.py" in names and "gdx/cli/main.py" in names and "gdx/causal/__init__.py" in names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
                     str(wheel)], check=True)

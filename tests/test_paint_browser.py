@@ -47,7 +47,7 @@ def world(tmp_path_factory):
 
 
 def segment(seg, rgb: np.ndarray) -> torch.Tensor:
-    from gdx.intervention import segment_images
+    from gdx.sampling import segment_images
 
     x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
     out = segment_images(seg, x)[0]

@@ -21,11 +21,11 @@ def test_top_alpha_units_remove_concepts_and_random_units_do_not():
         gen, seg, "layer5", ["tree", "door", "roof"], top=20, method="alpha", samples=200, seed=0, eval_seed=1,
         epochs=5, init=dissection, batch_size=16, insert_weight=0.0, control_draws=5,
     )
-    rows = {r["concept"]: r for r in table.rows}
+    rows = {r.concept: r for r in table.rows}
     report = table.to_markdown()
     # Ablating the top-20 alpha units removes at least half of each concept (held-out samples).
-    assert all(r["removed"] >= 0.5 for r in rows.values()), report
+    assert all(r.removed >= 0.5 for r in rows.values()), report
     # 20 random units of the same layer (mean of 5 draws) change the concept and every
     # other concept covering >= 1% of pixels by less than 15%.
-    assert all(abs(r["random_removed"]) < 0.15 for r in rows.values()), report
-    assert all(abs(r["random_side_effect"]) < 0.15 for r in rows.values()), report
+    assert all(abs(r.random_removed) < 0.15 for r in rows.values()), report
+    assert all(abs(r.random_side_effect) < 0.15 for r in rows.values()), report

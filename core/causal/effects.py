@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from gdx.causal.results import CausalEffect, CumulativeCurve, UnitRanking, ordered_units
 from gdx.errors import InterventionError
@@ -18,6 +17,7 @@ from gdx.interfaces import Generator, Segmenter
 from gdx.intervention import intervene
 from gdx.sampling import concept_index, concept_mask, label_fractions, latent_batches, segment_images
 from gdx.tracing import Trace
+from gdx.values import InsertionMean
 
 #: Concepts covering less than this fraction of pixels get no side-effect figure.
 MIN_SIDE_COVERAGE = 1e-3
@@ -65,22 +65,18 @@ class EffectRunner:
         """Pixel fractions N x L of the unedited samples (and the insertion values, in the same pass)."""
         if self._baseline is None:
             fractions = []
-            num = None
-            den = 0.0
+            mean = InsertionMean()
             for z in self.batches():
                 with Trace(self.generator.module, self.layer) as tr:
                     images = self.generator.generate(z)
-                r = tr[self.layer].double()
-                self.n_units, self.grid = r.shape[1], (r.shape[2], r.shape[3])
+                r = tr[self.layer]
+                self.n_units, self.grid = int(r.shape[1]), (int(r.shape[2]), int(r.shape[3]))
                 seg = segment_images(self.segmenter, images)
                 fractions.append(label_fractions(seg, self.n_labels).cpu())
-                w = F.adaptive_avg_pool2d(concept_mask(seg, self.index).double()[:, None], r.shape[-2:])
-                contrib = (r * w).sum(dim=(0, 2, 3)).cpu()
-                num = contrib if num is None else num + contrib
-                den += float(w.sum())
+                mean.add(r, concept_mask(seg, self.index))
             self._baseline = torch.cat(fractions)
-            if self._value is None and num is not None and den > 0:
-                self._value = (num / den).float()
+            if self._value is None:
+                self._value = mean.value()
         return self._baseline
 
     @property

@@ -230,4 +230,4 @@ class LocationMap(JsonResult):
         """Write the sample with the gain map overlaid (red = the concept appears)."""
         from gdx.plots import heatmap_overlay, write_png
 
-        return write_png(path, heatmap_overlay(self.image, self.gain, size=size))
+        return write_png(Path(path), heatmap_overlay(self.image, self.gain, size=size))

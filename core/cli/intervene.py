@@ -7,8 +7,9 @@ and writes JSON results plus PNG figures into ``--out``. The lead CLI attaches
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import torch
@@ -21,8 +22,15 @@ from gdx.cli.options import (
     load_models,
     model_options,
 )
-from gdx.errors import GdxError
+from gdx.errors import UsageError
 from gdx.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from gdx.causal import CumulativeCurve, UnitRanking
+    from gdx.interfaces import Generator
+    from gdx.results import Dissection
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _layer(generator: Any, layer: str | None) -> str:
@@ -35,16 +43,17 @@ def _parse_units(text: str) -> list[int]:
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise GdxError(f"--units {text!r}: expected comma-separated unit indices, e.g. --units 3,17,41") from None
+        raise UsageError(f"--units {text!r}: expected comma-separated unit indices, e.g. --units 3,17,41") from None
 
 
-def _dissection_for(run_dir: str, layer: str):
+def _dissection_for(run_dir: str, layer: str) -> Dissection:
     from gdx.runs import RunFolder
 
     return RunFolder(run_dir).dissection(layer)
 
 
-def _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top, samples, seed, say):
+def _choose_units(layer: str, concept: str, units: str | None, ranking_file: str | None, run_dir: str | None,
+                  top: int, say: Callable[[str], None]) -> tuple[list[int], UnitRanking | None]:
     """Units from --units, a saved --ranking, or the IoU ranking of a --run dissection."""
     from gdx.causal import UnitRanking, rank_by_iou
 
@@ -57,7 +66,7 @@ def _choose_units(generator, segmenter, layer, concept, units, ranking_file, run
         ranking = rank_by_iou(_dissection_for(run_dir, layer), concept, layer=layer)
         say(f"top-{top} units of {layer} by IoU with {concept!r} from {run_dir}")
         return ranking.top(top), ranking
-    raise GdxError("choose units: --units 3,17,41, or --ranking ranking.json (from 'gdx optimize'), or --run RUN_DIR")
+    raise UsageError("choose units: --units 3,17,41, or --ranking ranking.json (from 'gdx optimize'), or --run RUN_DIR")
 
 
 def _out_dir(out: str | None, default: str) -> Path:
@@ -70,10 +79,10 @@ def _say(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _write_curve_png(curve, path: Path, control=None) -> None:
+def _write_curve_png(curve: CumulativeCurve, path: Path, control: CumulativeCurve | None = None) -> None:
     from gdx.plots import line_chart, write_png
 
-    series = {"removed": (curve.n, curve.removed)}
+    series: dict[str, tuple[Sequence[float], Sequence[float]]] = {"removed": (curve.n, curve.removed)}
     if curve.ace is not None:
         series["ACE"] = (curve.n, curve.ace)
     if control is not None:
@@ -83,7 +92,8 @@ def _write_curve_png(curve, path: Path, control=None) -> None:
 
 
 @torch.no_grad()
-def _before_after(generator, layer, units, value, n, seed):
+def _before_after(generator: Generator, layer: str, units: list[int], value: torch.Tensor | None, n: int,
+                  seed: int) -> list[list[torch.Tensor]]:
     from gdx.intervention import intervene
 
     z = generator.sample_latents(n, seed=seed).to(generator.device)
@@ -105,7 +115,7 @@ common_options = [
 ]
 
 
-def with_common(fn):
+def with_common(fn: F) -> F:
     for deco in reversed(common_options):
         fn = deco(fn)
     return model_options(fn)
@@ -121,7 +131,7 @@ unit_options = [
 ]
 
 
-def with_units(fn):
+def with_units(fn: F) -> F:
     for deco in reversed(unit_options):
         fn = deco(fn)
     return fn
@@ -133,15 +143,16 @@ def with_units(fn):
 @click.option("--concept", required=True, help="Concept (a segmenter label).")
 @click.option("--curve/--no-curve", default=True, show_default=True, help="Also the cumulative curve for n = 1..top.")
 @friendly_errors
-def ace(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, units, ranking_file, run_dir,
-        top, concept, curve):
+def ace(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
+        device: str | None, layer: str | None, samples: int, seed: int, batch_size: int | None,
+        out: str | None, units: str | None, ranking_file: str | None, run_dir: str | None, top: int,
+        concept: str, curve: bool) -> None:
     """Causal effect of units on a concept: removed, added, ACE (SPEC §2)."""
     from gdx.causal import EffectRunner, cumulative_effect, random_units
 
     gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
     layer = _layer(generator, layer)
-    chosen, ranking = _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top,
-                                    samples, seed, _say)
+    chosen, ranking = _choose_units(layer, concept, units, ranking_file, run_dir, top, _say)
     folder = _out_dir(out, f"ace-{gen_name}-{concept}")
     runner = EffectRunner(generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size)
     eff = runner.effect(chosen)
@@ -178,8 +189,10 @@ def ace(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, 
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--curve/--no-curve", default=True, show_default=True)
 @friendly_errors
-def optimize(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, concept, epochs, lr, lam,
-             run_dir, top, curve):
+def optimize(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
+             device: str | None, layer: str | None, samples: int, seed: int, batch_size: int | None,
+             out: str | None, concept: str, epochs: int, lr: float, lam: float, run_dir: str | None,
+             top: int, curve: bool) -> None:
     """Learn the soft unit mask alpha that best removes/inserts a concept (SPEC §2)."""
     from gdx.causal import cumulative_effect, optimize_units
 
@@ -209,15 +222,16 @@ def optimize(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_s
 @click.option("--radius", default=1, show_default=True, type=click.IntRange(min=0),
               help="Measure the gain within this many cells of the edited cell.")
 @friendly_errors
-def locate(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, units, ranking_file, run_dir,
-           top, concept, sample, radius):
+def locate(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
+           device: str | None, layer: str | None, samples: int, seed: int, batch_size: int | None,
+           out: str | None, units: str | None, ranking_file: str | None, run_dir: str | None, top: int,
+           concept: str, sample: int, radius: int) -> None:
     """Where can a concept go? Insert its units at each cell of one sample and map the gain."""
     from gdx.causal import location_map
 
     gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
     layer = _layer(generator, layer)
-    chosen, _ = _choose_units(generator, segmenter, layer, concept, units, ranking_file, run_dir, top, samples, seed,
-                              _say)
+    chosen, _ = _choose_units(layer, concept, units, ranking_file, run_dir, top, _say)
     loc = location_map(generator, segmenter, layer, chosen, concept, sample=sample, seed=seed, value_samples=samples,
                        radius=radius, batch_size=batch_size)
     folder = _out_dir(out, f"locate-{gen_name}-{concept}")
@@ -243,10 +257,10 @@ def _load_real(real: str | None, real_scenes: int, size: tuple[int, int]) -> tor
                 import numpy as np
                 from PIL import Image
             except ImportError:
-                raise GdxError("reading an image folder needs Pillow: pip install pillow, or pass a .pt tensor") from None
+                raise UsageError("reading an image folder needs Pillow: pip install pillow, or pass a .pt tensor") from None
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if not files:
-                raise GdxError(f"--real {path}: no .png/.jpg images in the folder")
+                raise UsageError(f"--real {path}: no .png/.jpg images in the folder")
             arrs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize(size[::-1]))) for f in files]
             images = torch.stack(arrs).permute(0, 3, 1, 2).float() / 127.5 - 1
         else:
@@ -254,7 +268,7 @@ def _load_real(real: str | None, real_scenes: int, size: tuple[int, int]) -> tor
 
             images = load_torch_file(path, what="real images")
             if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-                raise GdxError(f"--real {path}: expected a tensor N x 3 x H x W in [-1, 1] saved with torch.save")
+                raise UsageError(f"--real {path}: expected a tensor N x 3 x H x W in [-1, 1] saved with torch.save")
     else:
         return None
     if tuple(images.shape[-2:]) != tuple(size):
@@ -278,11 +292,13 @@ def _load_real(real: str | None, real_scenes: int, size: tuple[int, int]) -> tor
               help="Use N rendered scenes of the procedural scene world as the real set.")
 @click.option("--out", default=None, type=click.Path(file_okay=False))
 @friendly_errors
-def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed, batch_size, top, features, weights,
-           real, real_scenes, out):
+def repair(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
+           device: str | None, layer: str | None, samples: int, held_out: int, seed: int,
+           batch_size: int | None, top: int, features: str, weights: str | None, real: str | None,
+           real_scenes: int, out: str | None) -> None:
     """Find artifact units: ablating them improves a Fréchet distance to real images (SPEC §3)."""
     from gdx.plots import image_grid, write_png
-    from gdx.plugins.metrics.frechet import FrechetDistance, InceptionFeatures, segmenter_features
+    from gdx.plugins.metrics.frechet import FrechetDistance, InceptionFeatures, ModuleFeatures, segmenter_features
     from gdx.repair import find_artifact_units
 
     gen_name = gen or first_registered("generator", DEFAULT_GENERATORS)
@@ -294,10 +310,11 @@ def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed,
         size = tuple(generator.generate(generator.sample_latents(1, seed=seed).to(generator.device)).shape[-2:])
     images = _load_real(real, real_scenes, size)
     if images is None:
-        raise GdxError("repair needs real images: --real FOLDER_OR_PT, or --real-scenes N for the bundled scene world")
+        raise UsageError("repair needs real images: --real FOLDER_OR_PT, or --real-scenes N for the bundled scene world")
+    extractor: InceptionFeatures | ModuleFeatures
     if features == "inception":
         if not weights:
-            raise GdxError("--features inception needs --weights PATH (torchvision Inception-v3 weights; nothing is downloaded)")
+            raise UsageError("--features inception needs --weights PATH (torchvision Inception-v3 weights; nothing is downloaded)")
         extractor = InceptionFeatures(weights)
     else:
         _, _, _, segmenter = load_models(gen_name, seg, gen_opts, seg_opts, device)
@@ -329,8 +346,10 @@ def repair(gen, seg, gen_opts, seg_opts, device, layer, samples, held_out, seed,
 @click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="A 'gdx run' folder (IoU for --method iou; alpha initialisation otherwise).")
 @friendly_errors
-def removal_table_cmd(gen, seg, gen_opts, seg_opts, device, layer, samples, seed, batch_size, out, concepts, method,
-                      top, epochs, eval_seed, control_draws, run_dir):
+def removal_table_cmd(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
+                      device: str | None, layer: str | None, samples: int, seed: int, batch_size: int | None,
+                      out: str | None, concepts: str, method: str, top: int, epochs: int, eval_seed: int,
+                      control_draws: int, run_dir: str | None) -> None:
     """The paper's table: fraction of each concept removed by its top units vs random units."""
     from gdx.causal import removal_table
 

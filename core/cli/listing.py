@@ -38,7 +38,7 @@ def _describe(kind: str, name: str) -> None:
 
 
 @click.command()
-def plugins():
+def plugins() -> None:
     """List installed plugins and the package each comes from."""
     reg = default_registry()
     packages = reg.plugin_packages()
@@ -55,7 +55,7 @@ def plugins():
 @click.option("-v", "--verbose", is_flag=True, help="Show each adapter's options.")
 @click.option("--gen-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Options to build NAME with (to list its layers).")
 @friendly_errors
-def generators(name, verbose, opts):
+def generators(name: str | None, verbose: bool, opts: tuple[str, ...]) -> None:
     """List generators; with NAME, build it and list its options and layers."""
     if name is None:
         _listing("generator", verbose)
@@ -70,7 +70,7 @@ def generators(name, verbose, opts):
 @click.option("-v", "--verbose", is_flag=True, help="Show each adapter's options.")
 @click.option("--seg-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Options to build NAME with (to list its labels).")
 @friendly_errors
-def segmenters(name, verbose, opts):
+def segmenters(name: str | None, verbose: bool, opts: tuple[str, ...]) -> None:
     """List segmenters; with NAME, build it and list its options and labels."""
     if name is None:
         _listing("segmenter", verbose)
@@ -82,6 +82,6 @@ def segmenters(name, verbose, opts):
 
 @click.command()
 @click.option("-v", "--verbose", is_flag=True)
-def metrics(verbose):
+def metrics(verbose: bool) -> None:
     """List metrics (dissection scores and image-quality metrics)."""
     _listing("metric", verbose)

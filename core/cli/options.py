@@ -9,17 +9,18 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import click
 
-from dataclasses import dataclass
-from typing import Literal
 
-from gdx.errors import GdxError
+from gdx.errors import GdxError, UsageError
 from gdx.interfaces import Generator, Segmenter
 from gdx.manager import AdapterInfo, default_registry, parse_options
 from gdx.runs import AdapterSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Preferred defaults for ``gdx run``: the bundled scene world, else the synthetic toy pair.
 DEFAULT_GENERATORS = ("scene", "toy")
@@ -93,13 +94,13 @@ def parse_threshold(text: str) -> float | str:
     try:
         q = float(text)
     except ValueError:
-        raise GdxError(f"--threshold {text!r} is neither a quantile like 0.99 nor 'iqr'") from None
+        raise UsageError(f"--threshold {text!r} is neither a quantile like 0.99 nor 'iqr'") from None
     if not 0 < q < 1:
-        raise GdxError(f"--threshold {q} must be strictly between 0 and 1 (0.99 = each unit's top 1%)")
+        raise UsageError(f"--threshold {q} must be strictly between 0 and 1 (0.99 = each unit's top 1%)")
     return q
 
 
-def model_options(fn):
+def model_options(fn: F) -> F:
     """The options every model-driven command shares (``--gen``, ``--seg``, ...)."""
     decorators = [
         click.option("--gen", "gen", default=None, help="Registered generator (see 'gdx generators'). Default: scene, else toy."),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import click
 
 from gdx.cli.options import friendly_errors
@@ -27,7 +29,9 @@ from gdx.hookspecs import hookimpl
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
 @friendly_errors
-def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, port, open_browser):
+def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
+          run_dir: str | None, layer: str | None, samples: int, iou_min: float | None, host: str, port: int,
+          open_browser: bool) -> None:
     """Start GANPaint: brush concepts into generated images (SPEC §4)."""
     try:
         import uvicorn
@@ -46,15 +50,18 @@ def paint(gen, seg, gen_opts, seg_opts, run_dir, layer, samples, iou_min, host, 
     # (click's CliRunner, tools embedding gdx), where a global switch would leak. The
     # engine's edits run under their own no_grad.
     with torch.no_grad():
+        folder: str | Path
         if run_dir is None:
             gen = gen or first_registered("generator", DEFAULT_GENERATORS)
             seg = seg or first_registered("segmenter", DEFAULT_SEGMENTERS)
-            run_dir = quick_dissection(adapter_spec("generator", gen, tuple(gen_opts)),
+            folder = quick_dissection(adapter_spec("generator", gen, tuple(gen_opts)),
                                        adapter_spec("segmenter", seg, tuple(seg_opts)), layer, samples=samples,
                                        log=lambda m: click.echo(f"no --run given: {m}", err=True))
-        elif gen:
-            click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
-        engine = engine_from_run(run_dir, layer, iou_min=iou_min)
+        else:
+            folder = run_dir
+            if gen:
+                click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
+        engine = engine_from_run(folder, layer, iou_min=iou_min)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.secho(f"WARNING: listening on {host}: anyone who can reach this machine can use the model "
                     "(there is no authentication).", fg="red", err=True)

@@ -17,7 +17,7 @@ from gdx.hookspecs import hookimpl
 @click.option("--image-size", default=None, type=click.IntRange(16, 512), help="Tile edge in pixels (default: image size, at most 128).")
 @click.option("--no-images", is_flag=True, help="Skip regenerating samples (tables and charts only).")
 @friendly_errors
-def report(run_dir, out, top_k, image_size, no_images):
+def report(run_dir: str, out: str | None, top_k: int, image_size: int | None, no_images: bool) -> None:
     """Write a static HTML report of RUN_DIR (a 'gdx run --out' folder); opens offline."""
     import torch
 
@@ -36,7 +36,7 @@ def report(run_dir, out, top_k, image_size, no_images):
 @click.argument("b", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (default compare-A-B beside A).")
 @friendly_errors
-def compare(a, b, out):
+def compare(a: str, b: str, out: str | None) -> None:
     """Compare two runs or layers side by side (A and B: run folders with one layer, or RUN/LAYER folders)."""
     from gdx.report import write_compare
 

@@ -37,8 +37,10 @@ def register_commands(cli: click.Group) -> None:
 @click.option("--report", "make_report", is_flag=True, help="Also write the HTML report to OUT/report.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed, threshold, out, top,
-        checkpoint_every, resume, overwrite, workers, make_report, quiet):
+def run(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
+        device: str | None, layers: tuple[str, ...], samples: int, batch_size: int | None, seed: int,
+        threshold: str, out: str | None, top: int, checkpoint_every: int, resume: bool, overwrite: bool,
+        workers: int, make_report: bool, quiet: bool) -> None:
     """Dissect generator layers: which units match which concepts (SPEC §1)."""
     from gdx.distributed import init_world, launched_by_torchrun, shutdown
     from gdx.dissection import DissectionRun
@@ -50,7 +52,7 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
     thr = parse_threshold(threshold)
     models = build_models(gen, seg, gen_opts, seg_opts)
     gen_name, seg_name, generator = models.generator_spec.name, models.segmenter_spec.name, models.generator
-    layers = choose_layers(generator, layers)
+    chosen = choose_layers(generator, layers)
     out_dir = Path(out) if out else Path("runs") / f"{gen_name}-{seg_name}"
     world = init_world(device)
     say = (lambda *a, **k: click.echo(*a, **k)) if world.is_main else (lambda *a, **k: None)
@@ -58,13 +60,13 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
     synthetic = "toy" in (gen_name, seg_name)
     if synthetic:
         say("note: using the SYNTHETIC built-in toy models (hand-built, untrained).", err=True)
-    say(f"dissecting {gen_name}:{','.join(layers)} with {seg_name} ({samples} samples, seed {seed}, "
+    say(f"dissecting {gen_name}:{','.join(chosen)} with {seg_name} ({samples} samples, seed {seed}, "
         f"threshold {thr}{f', {world.size} processes' if world.size > 1 else ''}) -> {out_dir}", err=True)
     started = time.time()
-    dissection = DissectionRun(generator, models.segmenter, list(layers), samples=samples, batch_size=batch_size,
+    dissection = DissectionRun(generator, models.segmenter, chosen, samples=samples, batch_size=batch_size,
                                seed=seed, threshold=thr, device=device, progress=not quiet and world.is_main)
     manifest = RunManifest(
-        generator=models.generator_spec, segmenter=models.segmenter_spec, layers=list(layers), samples=samples,
+        generator=models.generator_spec, segmenter=models.segmenter_spec, layers=chosen, samples=samples,
         seed=seed, threshold=thr, batch_size=dissection.batch_size, sketch_size=dissection.sketch_size,
         processes=world.size, synthetic=synthetic,
     )
@@ -98,7 +100,7 @@ def run(gen, seg, gen_opts, seg_opts, device, layers, samples, batch_size, seed,
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--top", default=15, show_default=True)
 @friendly_errors
-def show(run_dir, top):
+def show(run_dir: str, top: int) -> None:
     """Print the table of a finished run folder again."""
     from gdx.runs import RunFolder
 

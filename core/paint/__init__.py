@@ -4,11 +4,19 @@
 >>> app = create_app(engine_from_run("runs/scene-scene"))     # serve with uvicorn
 """
 
-from gdx.paint.engine import Concept, PaintEngine, PaintError, Stroke, rank_concepts
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gdx.errors import PaintError
+from gdx.paint.engine import Concept, PaintEngine, Stroke, rank_concepts
 from gdx.paint.models import engine_from_run, quick_dissection
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-def create_app(engine: PaintEngine, **kwargs):
+
+def create_app(engine: PaintEngine, **kwargs: Any) -> FastAPI:
     """The FastAPI app (imported lazily: FastAPI is the optional ``paint`` extra)."""
     from gdx.paint.server import create_app as _create_app
 

@@ -2,7 +2,7 @@
 
 A painting is a sample id plus a list of strokes. Each stroke names a concept, a mode
 and a brush mask at any resolution; the mask is max-pooled to the layer's grid
-(:func:`gdx.intervene.pool_region`), and inside it the concept's top-n units (by
+(:func:`gdx.intervention.pool_region`), and inside it the concept's top-n units (by
 dissection IoU) are set to their 0.99 quantile ("draw") or to 0 ("remove")
 (SPEC §4). All strokes of a request are applied, in order, in ONE generator forward;
 no segmentation runs in the loop.

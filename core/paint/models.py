@@ -50,7 +50,7 @@ def saved_rankings(run_dir: Path, layer: str) -> dict[str, tuple[str, list[int]]
 
     When a concept has several, the causal ones win: alpha over ace over iou.
     """
-    from gdx.report.causal import find_causal_results
+    from gdx.causal.saved import find_causal_results
 
     preference = {"alpha": 0, "ace": 1, "iou": 2}
     out: dict[str, tuple[str, list[int]]] = {}

@@ -26,12 +26,14 @@ from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, HTTPException, Path as PathParam
+from fastapi import FastAPI, HTTPException, Path as PathParam, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gdx.paint.engine import MAX_UNITS, PaintEngine, PaintError, Stroke
+from gdx.errors import PaintError
+from gdx.paint.engine import MAX_UNITS, PaintEngine, Stroke
 
 MAX_SAMPLE = 2**31 - 1
 MAX_MASK_SIDE = 1024
@@ -118,45 +120,48 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(Exception):
+    """Private signal inside :class:`BodyLimit` (never leaves this module)."""
 
 
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``max_bytes`` with 413 (by header or while reading)."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, send, status: int, message: str) -> None:
+    async def _refuse(self, send: Send, status: int, message: str) -> None:
         body = json.dumps({"detail": message}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         for key, value in scope.get("headers", []):
             if key == b"content-length":
                 if not value.isdigit():
-                    return await self._refuse(send, 400, "bad Content-Length header")
+                    await self._refuse(send, 400, "bad Content-Length header")
+                    return
                 if int(value) > self.max_bytes:
-                    return await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
+                    await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
+                    return
         seen = 0
         started = False
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge()
+                    raise _BodyTooLarge()
             return message
 
-        async def tracking_send(message):
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -164,7 +169,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
+        except _BodyTooLarge:
             if not started:
                 await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
 
@@ -185,7 +190,7 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
         return encode_png(engine.render(sample))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request, exc: RequestValidationError):
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default handler echoes the raw input, which fails on bytes that are not
         # UTF-8 (a 500); report where and what is wrong, never the input itself.
         errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "invalid")),
@@ -193,7 +198,7 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
         return JSONResponse({"detail": errors or "invalid request"}, status_code=422)
 
     @app.exception_handler(PaintError)
-    async def paint_error(_request, exc: PaintError):
+    async def paint_error(_request: Request, exc: PaintError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

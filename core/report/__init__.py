@@ -6,6 +6,6 @@
 """
 
 from gdx.report.build import load_run, write_compare, write_report
-from gdx.report.causal import find_causal_results
+from gdx.causal.saved import find_causal_results
 
 __all__ = ["find_causal_results", "load_run", "write_compare", "write_report"]

@@ -24,8 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gdx.errors import GdxError, ResultFormatError
-from gdx.report.causal import CausalResults, find_causal_results
+from gdx.errors import ResultFormatError, RunFolderError, SettingsError
+from gdx.causal.saved import CausalResults, find_causal_results
 from gdx.report.samples import StripSpec, render_unit_strips, tile_size
 from gdx.report.svg import bar_chart, line_chart
 from gdx.results import Dissection
@@ -141,7 +141,7 @@ def causal_section(results: CausalResults | None) -> str:
                      f'<th>which</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
         parts.append(f'<div class="concept-effects"><h4>{html.escape(concept)}</h4>{"".join(figs)}{table}</div>')
     for t in results.tables:
-        rows = "".join(
+        table_rows = "".join(
             f"<tr><td>{html.escape(str(r.get('concept')))}</td><td>{_fmt(r.get('removed'), 2)}</td>"
             f"<td>{_fmt(r.get('random_removed'), 2)}</td><td>{_fmt(r.get('side_effect'), 2)}</td></tr>"
             for r in t.get("rows", [])
@@ -149,7 +149,7 @@ def causal_section(results: CausalResults | None) -> str:
         parts.append(
             f'<div class="concept-effects"><h4>removal by top-{t.get("top")} ({html.escape(str(t.get("method")))})</h4>'
             '<table class="effects"><thead><tr><th>concept</th><th>removed</th><th>random</th><th>side effect</th>'
-            f"</tr></thead><tbody>{rows}</tbody></table></div>"
+            f"</tr></thead><tbody>{table_rows}</tbody></table></div>"
         )
     parts.append("</div>")
     return "".join(parts)
@@ -195,7 +195,7 @@ def write_report(
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.folder / "report"
     if top_k < 1:
-        raise GdxError(f"top_k must be >= 1, got {top_k}")
+        raise SettingsError(f"top_k must be >= 1, got {top_k}")
     _write_static(out)
     causal = find_causal_results(run.folder)
     gen = generator
@@ -258,7 +258,7 @@ def resolve_side(path: str | Path) -> Side:
         run = load_run(p)
         if len(run.dissections) != 1:
             names = ", ".join(str(p / safe_name(d.layer)) for d in run.dissections)
-            raise GdxError(f"{p} holds {len(run.dissections)} layers; pass one layer folder: {names}")
+            raise RunFolderError(f"{p} holds {len(run.dissections)} layers; pass one layer folder: {names}")
         return Side(f"{p.name}/{run.dissections[0].layer}", run.dissections[0])
     raise ResultFormatError(f"{p} is neither a gdx run folder (run.json) nor a layer folder (dissection.json).")
 

@@ -237,6 +237,7 @@ def render_scenes(n: int, *, seed: int, size: int = 64) -> SceneBatch:
             ellipse = ((xs - ex) / col(cw * s)) ** 2 + ((ys - ey) / col(ch * s)) ** 2 < 1
             mask = ellipse if mask is None else mask | ellipse
         shade = 1.0 - 0.12 * ((ys - col(cy)) / col(ch)).clamp(-1, 1)
+        assert mask is not None  # the loop above runs at least once
         cv.paint(mask & (col(on) & (ys < hz)), LABEL_INDEX["cloud"], cloud_rgb, shade)
 
     # Mountains: a ridge of up to three peaks standing on the horizon.

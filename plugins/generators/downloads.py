@@ -17,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from gdx.errors import CheckpointError
 
@@ -49,7 +50,7 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, what: str, progres
     dest = Path(dest)
     manual = (
         f"Obtain {dest.name} from a mirror and put it at {dest} (the cache folder is set by "
-        f"GDX_CACHE), or pass the file's path as weights=..."
+        f"GDX_CACHE), or pass the file's path as the generator option `weights=...`."
     )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, what: str, progres
     return dest
 
 
-def _copy_url(url: str, out, *, what: str, manual: str, progress: bool) -> None:
+def _copy_url(url: str, out: BinaryIO, *, what: str, manual: str, progress: bool) -> None:
     try:
         response = urllib.request.urlopen(url, timeout=TIMEOUT_S)  # noqa: S310 - http(s) by design
     except urllib.error.HTTPError as exc:

@@ -36,6 +36,7 @@ from gdx.errors import CheckpointError
 from gdx.plugins.generators.downloads import cache_dir, fetch, sha256_of
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator, sizes_from_state_dict
 from gdx.plugins.generators.sniff import describe_keys
+from gdx.hookspecs import Register
 
 #: gandissect's published ProGAN models (LSUN scene categories, 256x256).
 KNOWN_MODELS: tuple[str, ...] = (
@@ -79,7 +80,7 @@ def resolve_weights(weights: str, *, base_url: str | None = None, sha256: str | 
         if not download:
             raise CheckpointError(
                 f"{WHAT}: {filename} is not in the cache. Obtain it and put it at {dest} "
-                f"(or allow download=true with base_url=<mirror>)."
+                f"(or pass the generator option `download=true` with the generator option `base_url=<mirror>`)."
             )
         url = base.rstrip("/") + "/" + filename
         return fetch(url, dest, sha256=checksum, what=WHAT)
@@ -169,5 +170,5 @@ def build_progan(
 
 
 @gdx.hookimpl
-def register_generators(register):
+def register_generators(register: Register) -> None:
     register("progan", build_progan)

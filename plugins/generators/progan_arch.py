@@ -126,7 +126,7 @@ class ProgressiveGenerator(nn.Sequential):
         self.resolution = res
         self.z_dim = sizes[0]
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = z.view(z.shape[0], z.shape[1], 1, 1)
         for module in self:
             x = module(x)

@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torch import nn
+
 import gdx
 from gdx.checkpoints import existing_file, load_safetensors_file
 from gdx.errors import CheckpointError
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
+from gdx.hookspecs import Register
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Default layer for ``gdx run``: the GAN's first 16x16 layer (128 units), where units are
@@ -37,6 +40,7 @@ def _load(weights: str, default_name: str, name: str) -> gdx.Generator:
             f"again with the training script's --export, which writes both files."
         )
     config = json.loads(config_path.read_text())
+    module: nn.Module
     if config.get("arch") == "scene-vae-decoder":
         from gdx.plugins.scene_arch import SceneVAEDecoder
 
@@ -66,6 +70,6 @@ def build_scene_vae(weights: str = "") -> gdx.Generator:
 
 
 @gdx.hookimpl
-def register_generators(register):
+def register_generators(register: Register) -> None:
     register("scene", build_scene)
     register("scene-vae", build_scene_vae)

@@ -50,6 +50,7 @@ from gdx.interfaces import Generator
 from gdx.plugins.generators.sniff import describe_keys
 from gdx.plugins.generators.stylegan2_arch import StyleGAN2Config, StyleGAN2Generator
 from gdx.plugins.generators.safe_unpickle import PersistentObject, load_stylegan_pickle
+from gdx.hookspecs import Register
 
 WHAT = "stylegan2 weights"
 NOISE_MODES = ("const", "random", "none")
@@ -67,12 +68,13 @@ def generator_from_nvidia_data(data: Any, *, source: str) -> StyleGAN2Generator:
     if isinstance(data, PersistentObject):
         net = data
     elif isinstance(data, dict):
-        net = data.get("G_ema", data.get("G"))
-        if not isinstance(net, PersistentObject):
+        found = data.get("G_ema", data.get("G"))
+        if not isinstance(found, PersistentObject):
             raise CheckpointError(
                 f"{WHAT}: {source} is a pickle without a G_ema/G network (keys: {sorted(map(str, data))[:8]}); "
                 "expected a stylegan2-ada-pytorch snapshot."
             )
+        net = found
     else:
         raise CheckpointError(f"{WHAT}: {source} holds a {type(data).__name__}, not a StyleGAN snapshot dict.")
     return generator_from_persistent(net, source=source)
@@ -132,7 +134,7 @@ def _config_from_tensors(sd: dict[str, torch.Tensor], *, lr_multiplier: float, c
     embed = int(sd["mapping.embed.weight"].shape[0]) if c_dim else None
     z_dim = int(fc0.shape[1]) - (embed or 0)
     layer_features = int(fc0.shape[0]) if n_map > 1 else None
-    taps = (1.0, 3.0, 3.0, 1.0)
+    taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)
     if resample is not None:
         f = resample.to(torch.float64)
         row = f.sum(dim=0)  # outer(t, t)/sum -> column sums are t/sum(t)
@@ -386,5 +388,5 @@ def build_stylegan2(
 
 
 @gdx.hookimpl
-def register_generators(register):
+def register_generators(register: Register) -> None:
     register("stylegan2", build_stylegan2)

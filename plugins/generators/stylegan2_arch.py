@@ -223,6 +223,8 @@ class FullyConnectedLayer(nn.Module):
 class MappingNetwork(nn.Module):
     """z (and optional class c) -> w, broadcast to ``num_ws`` copies; truncation toward ``w_avg``."""
 
+    w_avg: torch.Tensor  # buffer
+
     def __init__(self, cfg: StyleGAN2Config) -> None:
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim = cfg.z_dim, cfg.c_dim, cfg.w_dim
@@ -245,6 +247,8 @@ class MappingNetwork(nn.Module):
                 raise ValueError("this StyleGAN2 is conditional: pass class labels c")
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1) if x is not None else y
+        if x is None:
+            raise ValueError("this mapping network has neither latents nor classes (z_dim = c_dim = 0)")
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
@@ -255,6 +259,9 @@ class MappingNetwork(nn.Module):
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (+2x upsampling for conv0), noise, bias, lrelu*sqrt(2), clamp."""
+
+    resample_filter: torch.Tensor  # buffer
+    noise_const: torch.Tensor  # buffer, when cfg.use_noise
 
     def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, resolution: int, up: int = 1,
                  cfg: StyleGAN2Config) -> None:
@@ -309,6 +316,8 @@ class ToRGBLayer(nn.Module):
 
 class SynthesisBlock(nn.Module):
     """One resolution of the 'skip' architecture: (const | conv0 up), conv1, torgb + upsampled skip."""
+
+    resample_filter: torch.Tensor  # buffer
 
     def __init__(self, in_channels: int, out_channels: int, *, resolution: int, is_last: bool,
                  cfg: StyleGAN2Config) -> None:
@@ -375,6 +384,8 @@ class SynthesisNetwork(nn.Module):
             cur = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
             x, img = block(x, img, cur, noise_mode=noise_mode)
+        if img is None:
+            raise ValueError("this synthesis network has no blocks")
         return img
 
 

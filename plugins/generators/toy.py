@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gdx
 from gdx.plugins.toy_world import LATENT_DIM, ToyGenerator
+from gdx.hookspecs import Register
 
 
 def build_toy(resolution: int = 32) -> gdx.Generator:
@@ -12,5 +13,5 @@ def build_toy(resolution: int = 32) -> gdx.Generator:
 
 
 @gdx.hookimpl
-def register_generators(register):
+def register_generators(register: Register) -> None:
     register("toy", build_toy)

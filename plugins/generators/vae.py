@@ -34,9 +34,14 @@ import gdx
 from gdx.errors import AdapterOptionError, CheckpointError, GdxError, MissingDependencyError
 from gdx.interfaces import Generator
 from gdx.plugins.generators.sniff import describe_keys
+from gdx.hookspecs import Register
 
 WHAT = "vae weights"
 SUPPORTED = ("AutoencoderKL", "AutoencoderTiny")
+
+#: A diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` (an ``nn.Module``). diffusers is an
+#: optional dependency and its ``config``/sub-module attributes are dynamic, so it is ``Any``.
+DiffusersVAE = Any
 
 
 def _import_diffusers() -> Any:
@@ -53,7 +58,7 @@ def resolve_model_dir(weights: str | Path, subfolder: str | None) -> tuple[Path,
     """(folder, subfolder, config) of a diffusers VAE, with errors that say what is there instead."""
     root = Path(weights).expanduser()
     if not root.exists():
-        raise CheckpointError(f"{WHAT}: folder not found: {root}. Pass a diffusers VAE folder as weights=...")
+        raise CheckpointError(f"{WHAT}: folder not found: {root}. Pass a diffusers VAE folder as the generator option `weights=...`.")
     if root.is_file():
         raise CheckpointError(
             f"{WHAT}: {root} is a file; the vae generator takes a diffusers model folder "
@@ -64,7 +69,7 @@ def resolve_model_dir(weights: str | Path, subfolder: str | None) -> tuple[Path,
     folder = root / subfolder if subfolder else root
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
-        hint = " It looks like a pipeline folder: pass subfolder=vae." if (root / "model_index.json").exists() else ""
+        hint = " It looks like a pipeline folder: pass the generator option `subfolder=vae`." if (root / "model_index.json").exists() else ""
         raise CheckpointError(f"{WHAT}: no config.json in {folder}.{hint}")
     try:
         config = json.loads(cfg_path.read_text())
@@ -74,7 +79,7 @@ def resolve_model_dir(weights: str | Path, subfolder: str | None) -> tuple[Path,
     if cls not in SUPPORTED:
         raise CheckpointError(
             f"{WHAT}: {folder} holds a diffusers {cls or 'model of unknown class'}, not one of "
-            f"{', '.join(SUPPORTED)}. Point weights= (and subfolder=) at the VAE."
+            f"{', '.join(SUPPORTED)}. Point the generator option `weights=...` (and the generator option `subfolder=...`) at the VAE."
         )
     weight_files = [p for p in folder.iterdir() if p.name.startswith("diffusion_pytorch_model")]
     if not weight_files:
@@ -87,7 +92,9 @@ def resolve_model_dir(weights: str | Path, subfolder: str | None) -> tuple[Path,
 class VAEDecoder(nn.Module):
     """``z`` (N(0,1) scale) -> image: the VAE's decode, with only decoder modules as children."""
 
-    def __init__(self, vae: nn.Module, *, scaling_factor: float, shift_factor: float) -> None:
+    _vae: DiffusersVAE  # held outside the module tree (see __init__)
+
+    def __init__(self, vae: DiffusersVAE, *, scaling_factor: float, shift_factor: float) -> None:
         super().__init__()
         # The decoder parts are registered here (so their names are the layers and
         # .to() moves them); the whole VAE is held outside the module tree so the unused
@@ -110,7 +117,7 @@ class VAEGenerator(Generator):
 
     name = "vae"
 
-    def __init__(self, vae: nn.Module, *, resolution: int | None = None) -> None:
+    def __init__(self, vae: DiffusersVAE, *, resolution: int | None = None) -> None:
         cfg = vae.config
         cls = type(vae).__name__
         if cls == "AutoencoderTiny":
@@ -145,7 +152,7 @@ class VAEGenerator(Generator):
         return f"vae ({self.kind}, {self.resolution}x{self.resolution}, latent {self.latent_shape})"
 
 
-def _middle_decoder_layer(vae: nn.Module) -> str:
+def _middle_decoder_layer(vae: DiffusersVAE) -> str:
     """A decoder stage halfway to the image (the default layer to dissect)."""
     decoder = vae.decoder
     if hasattr(decoder, "up_blocks"):
@@ -153,7 +160,7 @@ def _middle_decoder_layer(vae: nn.Module) -> str:
     return f"decoder.layers.{len(decoder.layers) // 2}"
 
 
-def load_vae(weights: str | Path, *, subfolder: str | None = None) -> nn.Module:
+def load_vae(weights: str | Path, *, subfolder: str | None = None) -> DiffusersVAE:
     """Load a diffusers AutoencoderKL/AutoencoderTiny from a local folder, offline."""
     root, subfolder, config = resolve_model_dir(weights, subfolder)
     diffusers = _import_diffusers()
@@ -189,5 +196,5 @@ def build_vae(
 
 
 @gdx.hookimpl
-def register_generators(register):
+def register_generators(register: Register) -> None:
     register("vae", build_vae)

@@ -18,6 +18,7 @@ import torch
 import gdx
 from gdx.scores import DissectionContext, DissectionMetric, UnitScores
 from gdx.stats import iou_from_counts, iqr_from_counts, log_fractions
+from gdx.hookspecs import Register
 
 #: Relative half-width and number of the refinement levels around 1 - q.
 REFINE_SPAN = 0.4
@@ -97,6 +98,6 @@ def build_iqr(context: DissectionContext) -> IQRRule:
 
 
 @gdx.hookimpl
-def register_metrics(register):
+def register_metrics(register: Register) -> None:
     register("iou", build_iou)
     register("iqr", build_iqr)

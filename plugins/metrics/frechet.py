@@ -31,6 +31,7 @@ import gdx
 from gdx.errors import GdxError, MetricSetupError
 from gdx.interfaces import Metric
 from gdx.tracing import Trace
+from gdx.hookspecs import Register
 
 
 # -- linear algebra ----------------------------------------------------------------
@@ -96,42 +97,49 @@ class FeatureStats(Metric):
         f = features.detach().double().cpu()
         if f.dim() != 2:
             f = f.reshape(f.shape[0], -1)
-        if self.sum is None:
+        if self.sum is None or self.outer is None:
             self.sum = torch.zeros(f.shape[1], dtype=torch.float64)
             self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64)
         if f.shape[1] != self.sum.numel():
             raise MetricSetupError(f"features have {f.shape[1]} dims; earlier batches had {self.sum.numel()}")
         self.n += f.shape[0]
-        self.sum += f.sum(0)
-        self.outer += f.T @ f
+        self.sum.add_(f.sum(0))
+        self.outer.add_(f.T @ f)
 
     def merge(self, other: "Metric") -> None:
         if not isinstance(other, FeatureStats):
             raise TypeError(f"cannot merge {type(other).__name__} into FeatureStats")
-        if other.sum is None:
+        if other.sum is None or other.outer is None:
             return
-        if self.sum is None:
-            self.sum, self.outer = other.sum.clone(), other.outer.clone()  # type: ignore[union-attr]
+        if self.sum is None or self.outer is None:
+            self.sum, self.outer = other.sum.clone(), other.outer.clone()
         else:
-            self.sum += other.sum
-            self.outer += other.outer  # type: ignore[operator]
+            self.sum.add_(other.sum)
+            self.outer.add_(other.outer)
         self.n += other.n
 
     @property
     def mean(self) -> torch.Tensor:
-        self._check(1)
-        return self.sum / self.n  # type: ignore[operator]
+        total, _ = self._sums(1)
+        return total / self.n
 
     @property
     def cov(self) -> torch.Tensor:
         """Unbiased covariance (divides by n - 1)."""
-        self._check(2)
-        mu = self.mean
-        return (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)  # type: ignore[operator]
+        total, outer = self._sums(2)
+        mu = total / self.n
+        return (outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
 
     def _check(self, need: int) -> None:
         if self.n < need:
             raise MetricSetupError(f"feature statistics need at least {need} samples; have {self.n}")
+
+    def _sums(self, need: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running sum and sum of outer products, once ``need`` samples were seen."""
+        self._check(need)
+        if self.sum is None or self.outer is None:
+            raise MetricSetupError(f"feature statistics hold {self.n} samples but no sums (a damaged state dict?)")
+        return self.sum, self.outer
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean, self.cov
@@ -405,5 +413,5 @@ def build_frechet(features: str = "inception", weights: str = "", segmenter: str
 
 
 @gdx.hookimpl
-def register_metrics(register):
+def register_metrics(register: Register) -> None:
     register("frechet", build_frechet)

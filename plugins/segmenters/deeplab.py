@@ -48,6 +48,7 @@ from gdx.plugins.segmenters.torch_segmenter import (
     parse_size,
 )
 from gdx.plugins.segmenters.upernet import labels_beside, override_preprocess
+from gdx.hookspecs import Register
 
 WHAT = "deeplab segmenter weights"
 TORCHVISION_SIZE = (520, 520)
@@ -165,5 +166,5 @@ def build_deeplab(
 
 
 @gdx.hookimpl
-def register_segmenters(register):
+def register_segmenters(register: Register) -> None:
     register("deeplab", build_deeplab)

@@ -72,7 +72,7 @@ def unique_names(names: list[str]) -> list[str]:
 def ade20k_palette() -> list[tuple[int, int, int]]:
     """The ADE20K colour of each of the 150 classes (RGB 0-255), for visualisations."""
     data = json.loads(_data_path("ade20k_color150.json").read_text(encoding="utf-8"))
-    return [tuple(int(v) for v in c) for c in data["colors"]]  # type: ignore[misc]
+    return [(int(c[0]), int(c[1]), int(c[2])) for c in data["colors"]]
 
 
 def voc_labels() -> LabelSet:

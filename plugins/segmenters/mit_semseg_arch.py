@@ -174,7 +174,7 @@ class C1(nn.Module):
         return self.conv_last(self.cbr(feats[-1]))
 
 
-def _pyramid(x: torch.Tensor, pools: nn.ModuleList, convs: Sequence[nn.Module] | None = None) -> torch.Tensor:
+def _pyramid(x: torch.Tensor, pools: nn.ModuleList, convs: nn.ModuleList | None = None) -> torch.Tensor:
     size = x.shape[-2:]
     outs = [x]
     for i, pool in enumerate(pools):

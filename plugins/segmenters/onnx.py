@@ -31,6 +31,7 @@ from gdx.interfaces import Segmenter
 
 from gdx.plugins.segmenters.labels import LabelSet, read_labels_file
 from gdx.plugins.segmenters.torch_segmenter import parse_size, parse_triple
+from gdx.hookspecs import Register
 
 WHAT = "onnx segmenter model"
 RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0), "0,255": (0.0, 255.0)}
@@ -245,7 +246,7 @@ def build_onnx(
     """
     path = existing_file(model, what=WHAT)
     if path.is_dir():
-        raise CheckpointError(f"{WHAT}: {path} is a directory; pass the .onnx file (model=...).")
+        raise CheckpointError(f"{WHAT}: {path} is a directory; pass the .onnx file as the segmenter option `model=...`.")
     key = str(input_range).replace(" ", "").replace("..", ",")
     if key not in RANGES:
         raise AdapterOptionError(f"onnx option input_range={input_range!r}: choose one of {', '.join(RANGES)}.")
@@ -270,7 +271,7 @@ def build_onnx(
 
 
 @gdx.hookimpl
-def register_segmenters(register):
+def register_segmenters(register: Register) -> None:
     register("onnx", build_onnx)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 import gdx
 from gdx.checkpoints import existing_file, load_safetensors_file
 from gdx.errors import CheckpointError
+from gdx.hookspecs import Register
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -79,5 +80,5 @@ def build_scene(weights: str = "") -> gdx.Segmenter:
 
 
 @gdx.hookimpl
-def register_segmenters(register):
+def register_segmenters(register: Register) -> None:
     register("scene", build_scene)

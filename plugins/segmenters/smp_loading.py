@@ -78,7 +78,8 @@ def encoder_preprocess(encoder_name: str) -> Preprocess:
 
             cfg = timm.models.get_pretrained_cfg(encoder_name[3:])
             if cfg is not None and getattr(cfg, "mean", None) and getattr(cfg, "std", None):
-                return Preprocess(tuple(cfg.mean), tuple(cfg.std))  # type: ignore[arg-type]
+                (m0, m1, m2), (s0, s1, s2) = (float(v) for v in cfg.mean), (float(v) for v in cfg.std)
+                return Preprocess((m0, m1, m2), (s0, s1, s2))
         except Exception:  # noqa: BLE001 - unknown timm names fall back to ImageNet
             pass
     return Preprocess(IMAGENET_MEAN, IMAGENET_STD)

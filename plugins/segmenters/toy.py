@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gdx
 from gdx.plugins.toy_world import TOY_CATEGORIES, TOY_LABELS, toy_segment
+from gdx.hookspecs import Register
 
 
 def build_toy() -> gdx.Segmenter:
@@ -12,5 +13,5 @@ def build_toy() -> gdx.Segmenter:
 
 
 @gdx.hookimpl
-def register_segmenters(register):
+def register_segmenters(register: Register) -> None:
     register("toy", build_toy)

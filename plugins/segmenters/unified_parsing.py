@@ -90,6 +90,11 @@ class PPMPool(nn.Module):
 class UnifiedParsingDecoder(PyramidFPN):
     """gandissect's ``upsegmodel.UPerNet`` (key names kept); ``forward`` -> head logits at P2 size."""
 
+    # Registered with setattr in __init__ (key names object_head, part_head, material_head).
+    object_head: nn.Sequential
+    part_head: nn.Sequential
+    material_head: nn.Sequential
+
     def __init__(self, nr_classes: Mapping[str, int], fc_dim: int = 2048, pool_scales: Sequence[int] = (1, 2, 3, 6),
                  fpn_inplanes: Sequence[int] = (256, 512, 1024, 2048), fpn_dim: int = 512,
                  ppm_pool: str = "prroi") -> None:
@@ -194,7 +199,7 @@ class UnifiedParsingSegmenter(TorchSegmenter):
         self.heads = ["object", "material", "part"]
 
     def segment(self, images: torch.Tensor) -> torch.Tensor:
-        obj_logits, mat_logits, part_logits = self.logits(images)  # type: ignore[misc]
+        obj_logits, mat_logits, part_logits = self.logits(images)
         obj = obj_logits.argmax(1)
         mat = mat_logits.argmax(1)
         out = torch.full((images.shape[0], 3, *obj.shape[-2:]), -1, dtype=torch.long, device=obj.device)

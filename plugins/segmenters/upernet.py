@@ -52,6 +52,7 @@ from gdx.plugins.segmenters.smp_loading import (
     load_strict,
     resnet_encoder_name,
 )
+from gdx.hookspecs import Register
 from gdx.plugins.segmenters.sniff import looks_like
 from gdx.plugins.segmenters.torch_segmenter import (
     IMAGENET_MEAN,
@@ -128,7 +129,8 @@ def load_mit_semseg_model(
     if arch.decoder_spec(enc) is not None and arch.encoder_depth(dec) is not None:
         raise CheckpointError(
             f"{WHAT}: {encoder_path.name} is a decoder and {decoder_path.name} an encoder; swap them "
-            "(weights=<encoder_epoch_N.pth>, decoder_weights=<decoder_epoch_N.pth>)."
+            "(the segmenter option `weights=<encoder_epoch_N.pth>` and the segmenter option "
+            "`decoder_weights=<decoder_epoch_N.pth>`)."
         )
     spec = arch.decoder_spec(dec)
     if spec is None:
@@ -213,7 +215,10 @@ def build_upernet(
         )
     if path.is_dir():
         if decoder_weights:
-            raise CheckpointError(f"{WHAT}: weights={path} is a directory; pass the encoder file with decoder_weights.")
+            raise CheckpointError(
+                f"{WHAT}: weights={path} is a directory, but a decoder file is given too; pass the segmenter "
+                "option `weights=<encoder file>` with the segmenter option `decoder_weights=<decoder file>`."
+            )
         enc_path, dec_path = find_epoch_pair(path)
     else:
         enc_path = path
@@ -229,7 +234,7 @@ def build_upernet(
                 raise CheckpointError(
                     f"{WHAT}: {path} alone is not enough: it looks like {looks_like(state)}. Pass an smp "
                     "UPerNet directory, a folder with encoder_epoch_N.pth + decoder_epoch_N.pth, or "
-                    "weights=<encoder file> decoder_weights=<decoder file>."
+                    "the segmenter option `weights=<encoder file>` with the segmenter option `decoder_weights=<decoder file>`."
                 )
             dec_path = guess
     states = read_mit_state(enc_path), read_mit_state(dec_path)
@@ -237,7 +242,7 @@ def build_upernet(
         return build_upp_segmenter(enc_path, dec_path, states, labels=labels, input_size=size,
                                    part_objects=part_objects, ppm_pool=ppm_pool)
     model, enc_arch, spec = load_mit_semseg_model(enc_path, dec_path, encoder_arch=encoder_arch, states=states)
-    chosen: LabelSet = choose_labels(spec.num_class, labels or labels_beside(enc_path), default=ade20k_labels(), what=WHAT)
+    chosen = choose_labels(spec.num_class, labels or labels_beside(enc_path), default=ade20k_labels(), what=WHAT)
     pre = override_preprocess(Preprocess(IMAGENET_MEAN, IMAGENET_STD), mean, std)
     return TorchSegmenter(
         model,
@@ -311,5 +316,5 @@ def build_upp_segmenter(
 
 
 @gdx.hookimpl
-def register_segmenters(register):
+def register_segmenters(register: Register) -> None:
     register("upernet", build_upernet)

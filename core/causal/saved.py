@@ -1,19 +1,31 @@
-"""Find intervention results (JSON files written by :mod:`gdx.causal`) inside a run folder.
+"""Find saved causal results (JSON files written by ``result.save``) inside a run folder.
 
 Files are recognised by their ``"kind"`` field, not their names, so results saved
 anywhere under the run folder (``result.save(run_dir / "layer4" / "tree.json")``)
-show up in the report. Files that are not gdx causal results are ignored.
+are found (the report draws them; paint uses the saved unit rankings). Files that
+are not gdx causal results are ignored. Results are returned as the JSON dicts, each
+with ``"_file"``: its path relative to the run folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Result kinds the report draws (see gdx.causal).
-KINDS = ("causal_effect", "cumulative_curve", "removal_table", "unit_ranking")
+from gdx.causal.results import CausalEffect, CumulativeCurve, RemovalTable, UnitRanking
+
+#: Result kind -> the CausalResults list it goes to.
+_BUCKETS = {
+    CausalEffect._kind: "effects",
+    CumulativeCurve._kind: "curves",
+    RemovalTable._kind: "tables",
+    UnitRanking._kind: "rankings",
+}
+#: Result kinds that are collected.
+KINDS = tuple(sorted(_BUCKETS))
 #: Do not parse JSON files larger than this (a result is small; a big file is something else).
 MAX_BYTES = 20_000_000
 MAX_DEPTH = 4
@@ -21,7 +33,7 @@ MAX_DEPTH = 4
 
 @dataclass
 class CausalResults:
-    """Intervention results for one layer, by kind."""
+    """Saved causal results for one layer, by kind (the JSON dicts)."""
 
     effects: list[dict[str, Any]] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
@@ -29,6 +41,7 @@ class CausalResults:
     rankings: list[dict[str, Any]] = field(default_factory=list)
 
     def concepts(self) -> list[str]:
+        """The concepts any effect, curve or ranking is about, sorted."""
         names = {r["concept"] for r in self.effects + self.curves + self.rankings if "concept" in r}
         return sorted(names)
 
@@ -37,6 +50,7 @@ class CausalResults:
 
 
 def _json_files(root: Path) -> list[Path]:
+    """``*.json`` files under ``root`` (at most MAX_DEPTH folders down, not in ``report/``, no symlinks)."""
     found = []
     stack = [(root, 0)]
     while stack:
@@ -55,10 +69,11 @@ def _json_files(root: Path) -> list[Path]:
     return found
 
 
-def find_causal_results(run_dir: Path) -> dict[str, CausalResults]:
-    """Intervention results under ``run_dir``, keyed by layer name."""
+def find_causal_results(run_dir: str | os.PathLike[str]) -> dict[str, CausalResults]:
+    """Causal results saved under ``run_dir``, keyed by layer name."""
+    run_dir = Path(run_dir)
     out: dict[str, CausalResults] = {}
-    for path in _json_files(Path(run_dir)):
+    for path in _json_files(run_dir):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -67,10 +82,5 @@ def find_causal_results(run_dir: Path) -> dict[str, CausalResults]:
             continue
         data["_file"] = str(path.relative_to(run_dir))
         bucket = out.setdefault(str(data.get("layer", "")), CausalResults())
-        {
-            "causal_effect": bucket.effects,
-            "cumulative_curve": bucket.curves,
-            "removal_table": bucket.tables,
-            "unit_ranking": bucket.rankings,
-        }[data["kind"]].append(data)
+        getattr(bucket, _BUCKETS[data["kind"]]).append(data)
     return out
