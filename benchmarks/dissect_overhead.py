@@ -4,7 +4,8 @@ Models: a ProGAN-256 shaped generator (random weights, gandissect architecture)
 dissected at layer4 (512 x 8 x 8) and an smp UPerNet-ResNet50 with 150 labels
 segmenting at 128 x 128. Baseline: the generator and the segmenter on the same
 latents, batch for batch, with nothing else. Prints the ratio for quantile and iqr
-mode. Targets (CPU): <= 1.10 (quantile), <= 1.6 (iqr).
+mode, each with and without the label statistics (spatial-prior null, bootstrap
+intervals, p-values). Targets (CPU, with the statistics): <= 1.10 (quantile), <= 1.6 (iqr).
 
     python benchmarks/dissect_overhead.py --samples 64 --batch-size 8
 """
@@ -55,10 +56,13 @@ def forward_only(gen, seg, samples, batch_size, seed):
     return since(t)
 
 
-def timed_dissect(gen, seg, samples, batch_size, seed, threshold):
+def timed_dissect(gen, seg, samples, batch_size, seed, threshold, label_stats=True):
+    """Both passes; ``label_stats=False`` leaves out the null, the intervals and the p-values."""
     t = clock()
-    gdx.dissect(gen, seg, "layer4", samples=samples, batch_size=batch_size, seed=seed,
-                threshold=threshold, progress=False)
+    run = gdx.DissectionRun(gen, seg, ["layer4"], samples=samples, batch_size=batch_size, seed=seed,
+                            threshold=threshold, label_stats=label_stats)
+    levels = run.level_pass()
+    run.results(levels, run.count_pass(levels))
     return since(t)
 
 
@@ -69,6 +73,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="take the best of this many timings")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--modes", nargs="+", default=["0.99", "iqr"], help="thresholds to time (0.99, iqr)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,15 +83,19 @@ def main() -> None:
     base = min((forward_only(gen, seg, args.samples, args.batch_size, args.seed) for _ in range(args.repeats)),
                key=lambda t: t[1])
     rows = {"forward passes only": base}
-    for thr in (0.99, "iqr"):
-        rows[f"gdx.dissect threshold={thr}"] = min(
-            (timed_dissect(gen, seg, args.samples, args.batch_size, args.seed, thr) for _ in range(args.repeats)),
-            key=lambda t: t[1])
+    for thr in args.modes:
+        thr = thr if thr == "iqr" else float(thr)
+        for stats in (False, True):
+            name = f"dissect {thr}" + (" + null/CI/p" if stats else " (counts only)")
+            rows[name] = min(
+                (timed_dissect(gen, seg, args.samples, args.batch_size, args.seed, thr, stats)
+                 for _ in range(args.repeats)),
+                key=lambda t: t[1])
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; {args.samples} samples, batch {args.batch_size}")
-    print(f"{'':<32} {'wall s':>8} {'ratio':>6} {'cpu s':>8} {'ratio':>6}")
+    print(f"{'':<36} {'wall s':>8} {'ratio':>6} {'cpu s':>8} {'ratio':>6}")
     for name, (wall, cpu) in rows.items():
-        print(f"{name:<32} {wall:8.2f} {wall / base[0]:6.2f} {cpu:8.2f} {cpu / base[1]:6.2f}")
+        print(f"{name:<36} {wall:8.2f} {wall / base[0]:6.2f} {cpu:8.2f} {cpu / base[1]:6.2f}")
     print(json.dumps({k: {"wall_ratio": round(v[0] / base[0], 3), "cpu_ratio": round(v[1] / base[1], 3)}
                       for k, v in rows.items()}))
 

@@ -16,6 +16,7 @@ from typing import Any
 from gdx.errors import (
     AdapterOptionError,
     CheckpointError,
+    ControlError,
     DuplicateAdapterError,
     GdxError,
     GeneratorOutputError,
@@ -30,18 +31,20 @@ from gdx.errors import (
     ResultFormatError,
     ResumeError,
     RunFolderError,
+    RunLockedError,
     SegmenterOutputError,
     SettingsError,
     UnknownAdapterError,
     UnknownLayerError,
 )
 from gdx.hookspecs import hookimpl
-from gdx.interfaces import Generator, Metric, Segmenter
+from gdx.interfaces import Generator, LatentRows, Metric, Segmenter
 from gdx.wrappers import seeded_normal, wrap_generator, wrap_segmenter
 from gdx.manager import PluginRegistry, default_registry
 from gdx.tracing import StopForward, Trace, resolve_layers
 from gdx.results import Dissection, DissectionSettings, JsonResult, Summary, UnitLabel, load_result
 from gdx.dissection import DissectionRun, dissect
+from gdx.labelstats import random_weights
 from gdx.intervention import Edit, Intervention, Value, intervene
 from gdx.values import insertion_values, unit_quantiles
 from gdx.causal import (
@@ -84,6 +87,7 @@ __all__ = [
     "ArtifactRepair",
     "CausalEffect",
     "CheckpointError",
+    "ControlError",
     "CumulativeCurve",
     "Dissection",
     "DissectionRun",
@@ -96,6 +100,7 @@ __all__ = [
     "Intervention",
     "InterventionError",
     "JsonResult",
+    "LatentRows",
     "LayerOutputError",
     "LocationMap",
     "Metric",
@@ -111,6 +116,7 @@ __all__ = [
     "ResumeError",
     "RunFolder",
     "RunFolderError",
+    "RunLockedError",
     "RunManifest",
     "Segmenter",
     "SegmenterOutputError",
@@ -136,6 +142,7 @@ __all__ = [
     "load_segmenter",
     "location_map",
     "optimize_units",
+    "random_weights",
     "rank_by_ace",
     "rank_by_iou",
     "removal_table",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -49,17 +48,21 @@ def load_torch_file(
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch.load's weights-only refusals and corrupt pickles
-        if "weights only" not in str(exc).lower():
+        text = str(exc).lower()
+        if "global" not in text:  # not a refused class: a damaged or foreign file (e.g. "Unsupported operand")
             raise CheckpointError(
-                f"{what}: {p} is not a torch checkpoint ({_first(exc)}); it may be truncated or another "
+                f"{what}: {p} is not a torch checkpoint ({_refusal(exc, 'an unreadable pickle')}); it may be truncated or another "
                 "kind of file: download it again and compare its size/checksum."
             ) from None
         raise CheckpointError(
-            f"{what}: {p} holds objects a weights-only load refuses ({_first(exc)}). "
-            "gdx never runs code from a checkpoint; re-save it as a plain state dict "
-            "(torch.save(model.state_dict(), path)) or as safetensors."
+            f"{what}: refused {p} as unsafe: it asks to build objects that are not plain tensors "
+            f"({_refusal(exc)}), and gdx never runs code from a checkpoint, so nothing from it was run. "
+            "Re-save it as a plain state dict (torch.save(model.state_dict(), path)) or as safetensors "
+            "in an environment you trust."
         ) from None
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError, KeyError, IndexError) as exc:
+    except CheckpointError:
+        raise
+    except (Exception, RecursionError) as exc:  # noqa: BLE001 - zip, pickle, overflow, memory: one error
         raise CheckpointError(
             f"{what}: cannot read {p} ({_first(exc)}). The file may be truncated or not a "
             "torch checkpoint: download it again and compare its size/checksum."
@@ -91,6 +94,15 @@ def unwrap_state_dict(obj: Any, *, what: str, keys: Iterable[str] = ("state_dict
         kind = type(obj).__name__
         raise CheckpointError(f"{what}: expected a state dict of tensors, found a {kind}.")
     return obj
+
+
+def _refusal(exc: BaseException, default: str = "an object outside the tensor allow-list") -> str:
+    """What torch's weights-only unpickler refused, without its advice to turn the check off."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    m = re.search(r"(Unsupported (?:global|operand)[^\n]*|Trying to [^\n.]*|GLOBAL [\w.]+[^\n.]*)", text)
+    if m:
+        return m.group(1).strip()[:200]
+    return default if "weights_only" in text or "weights only" in text.lower() else _first(exc)
 
 
 def _first(exc: BaseException) -> str:

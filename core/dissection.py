@@ -1,4 +1,4 @@
-"""Dissection (SPEC §1): which units of a layer correlate with which concepts.
+"""Dissection (docs/method.md, "Dissection"): which units of a layer correlate with which concepts.
 
 Two passes over the same latents. Pass 1 runs the generator only up to the layer
 (``stop=True``) and keeps a fixed-size, hash-chosen sample of upsampled unit values
@@ -20,9 +20,10 @@ from typing import Any, overload
 import torch
 import torch.nn.functional as F
 
-from gdx.checks import check_finite, check_images
-from gdx.errors import LayerOutputError, SettingsError
-from gdx.interfaces import Generator, Segmenter
+from gdx.checks import check_finite, check_images, check_labels, check_stable_segmentation
+from gdx.errors import ControlError, LayerOutputError, SettingsError
+from gdx.interfaces import Generator, LatentRows, Segmenter
+from gdx.labelstats import CONTROLS, confidence_interval, null_partners, null_pvalues, random_weights
 from gdx.manager import PluginRegistry, default_registry
 from gdx.results import Dissection, DissectionSettings, UnitLabel
 from gdx.scores import DissectionContext, DissectionMetric, LevelBatch
@@ -73,23 +74,78 @@ class LevelPass:
             self.tops[name].load_state_dict({k: state[f"{name}/top/{k}"] for k in ("values", "indices")})
 
 
+@dataclass(frozen=True)
+class NullBlocks:
+    """The spatial-prior null's pairing: blocks of ``block`` consecutive global indices (see
+    :func:`gdx.labelstats.null_partners`); pass 2 cuts its batches at block boundaries."""
+
+    samples: int
+    block: int
+    seed: int
+
+    def partners(self, index: torch.Tensor) -> torch.Tensor:
+        return null_partners(index, self.samples, self.block, self.seed)
+
+    def size(self, k: int) -> int:
+        return min(self.block, self.samples - k * self.block)
+
+
 @dataclass
 class CountPass:
-    """Pass-2 statistics: one dissection metric per layer, levels set (mergeable)."""
+    """Pass-2 statistics: one dissection metric per layer, levels set (mergeable).
+
+    ``pending`` holds the samples of null blocks that a shard boundary cut (their layer
+    outputs and labels); merging shards completes those blocks, so merged statistics
+    equal one run's exactly.
+    """
 
     metrics: dict[str, DissectionMetric]
     seen: int = 0
+    null: NullBlocks | None = None
+    pending: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
     def merge(self, other: "CountPass") -> None:
         for name in self.metrics:
             self.metrics[name].merge(other.metrics[name])
         self.seen += other.seen
+        self.pending.update(other.pending)
+        self.complete_blocks()
+
+    def add_pending(self, index: torch.Tensor, acts: dict[str, torch.Tensor], seg: torch.Tensor) -> None:
+        for i, g in enumerate(index.tolist()):
+            self.pending[int(g)] = ({k: v[i].detach().cpu() for k, v in acts.items()}, seg[i].detach().cpu())
+        self.complete_blocks()
+
+    def complete_blocks(self) -> None:
+        """Count the null of every pending block whose samples are all here."""
+        if self.null is None or not self.pending:
+            return
+        for k in sorted({g // self.null.block for g in self.pending}):
+            first, size = k * self.null.block, self.null.size(k)
+            members = list(range(first, first + size))
+            if not all(g in self.pending for g in members):
+                continue
+            items = [self.pending.pop(g) for g in members]
+            index = torch.tensor(members)
+            partner = self.null.partners(index)
+            local = torch.where(partner >= 0, partner - first, partner)
+            seg = torch.stack([it[1] for it in items])
+            for name, metric in self.metrics.items():
+                a = torch.stack([it[0][name] for it in items])
+                metric.update(LevelBatch(acts=a, seg=seg, sample_index=index, upsampled=_upsampler(a, (int(seg.shape[-2]), int(seg.shape[-1]))),
+                                         partner=local, count=False))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {"seen": torch.tensor(self.seen)}
         for name, metric in self.metrics.items():
             for k, v in metric.state_dict().items():
                 out[f"{name}/{k}"] = v
+        if self.pending:
+            keys = sorted(self.pending)
+            out["pending.index"] = torch.tensor(keys)
+            out["pending.seg"] = torch.stack([self.pending[g][1] for g in keys])
+            for name in self.metrics:
+                out[f"pending.acts.{name}"] = torch.stack([self.pending[g][0][name] for g in keys])
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -97,6 +153,11 @@ class CountPass:
         for name, metric in self.metrics.items():
             prefix = f"{name}/"
             metric.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.pending = {}
+        if "pending.index" in state:
+            for i, g in enumerate(state["pending.index"].tolist()):
+                acts = {name: state[f"pending.acts.{name}"][i] for name in self.metrics}
+                self.pending[int(g)] = (acts, state["pending.seg"][i])
 
 
 @dataclass
@@ -124,8 +185,11 @@ class DissectionRun:
     iqr_min: float = 0.01
     metric: str | None = None
     progress: bool = False
+    control: str | None = None
+    label_stats: bool = True  # the null, intervals and p-values (False: only the paper's counts)
     _probe: Probe | None = field(default=None, init=False, repr=False)
-    _latents: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _latents: LatentRows | None = field(default=None, init=False, repr=False)
+    _seg_shape: tuple[int, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         validate_settings(self.samples, self.threshold, self.batch_size)
@@ -134,11 +198,16 @@ class DissectionRun:
         if not self.layers:
             raise SettingsError("no layer given: pass a layer name (see generator.layer_names()).")
         resolve_layers(self.generator.module, self.layers)  # clear error for a wrong name
+        check_labels(self.segmenter.labels, name=self.segmenter.name)
         self.batch_size = int(self.batch_size or DEFAULT_BATCH_SIZE)
         self.registry = self.registry or default_registry()
         if self.metric is None:
             self.metric = "iqr" if self.threshold == "iqr" else "iou"
         self.registry.info("metric", self.metric)  # unknown metric -> error listing the known
+        if self.control is not None:
+            if self.control not in CONTROLS:
+                raise ControlError(f"unknown control {self.control!r}; known: {', '.join(CONTROLS)} (or None)")
+            self.generator = random_weights(self.generator, self.seed)
         if self.device is not None:
             self.generator.to(self.device)
             self.segmenter.to(self.device)
@@ -147,13 +216,14 @@ class DissectionRun:
     # -- sampling --------------------------------------------------------------
     @property
     def latents(self) -> torch.Tensor:
+        """All ``samples`` latents at once (memory grows with ``samples``; the passes use :meth:`latent_rows`)."""
+        return self.latent_rows.rows(0, self.samples)
+
+    @property
+    def latent_rows(self) -> LatentRows:
+        """The generator's latents, handed out batch by batch (same numbers as ``sample_latents``)."""
         if self._latents is None:
-            self._latents = self.generator.sample_latents(self.samples, seed=self.seed)
-            if len(self._latents) != self.samples:
-                raise SettingsError(
-                    f"generator {self.generator.name!r} returned {len(self._latents)} latents for "
-                    f"sample_latents({self.samples}); it must return exactly n."
-                )
+            self._latents = self.generator.latent_rows(self.samples, seed=self.seed)
         return self._latents
 
     def batches(self, start: int, stop: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -163,7 +233,11 @@ class DissectionRun:
             yield b0 // self.batch_size, torch.arange(b0, min(b0 + self.batch_size, stop))
 
     def _z(self, index: torch.Tensor) -> torch.Tensor:
-        return self.latents[index].to(self.generator.device)
+        """The latents of a batch of consecutive sample indices (drawn per batch, not all up front)."""
+        start, stop = int(index[0]), int(index[-1]) + 1
+        if stop - start != len(index):
+            raise SettingsError("dissection batches must be runs of consecutive samples")
+        return self.latent_rows.rows(start, stop).to(self.generator.device)
 
     # -- forward passes -------------------------------------------------------------
     def _layer_outputs(
@@ -198,7 +272,9 @@ class DissectionRun:
 
     def _segment(self, images: torch.Tensor | None, *, batch: int, index: torch.Tensor) -> torch.Tensor:
         images = check_images(images, n=len(index), batch=batch, sample_index=index)
-        return segment_images(self.segmenter, images, batch=batch)
+        seg = segment_images(self.segmenter, images, batch=batch)
+        self._seg_shape = check_stable_segmentation(seg, self._seg_shape, batch=batch, name=self.segmenter.name)
+        return seg
 
     def probe(self) -> Probe:
         """Learn layer and segmentation shapes from sample 0 (and validate both models)."""
@@ -260,8 +336,20 @@ class DissectionRun:
             fractions = metric.fractions()
             if fractions is not None:
                 metric.set_levels(levels.samples[name].quantile_levels(fractions))
+                if not self.label_stats:
+                    metric.tracker = None
             metrics[name] = metric
-        return CountPass(metrics)
+        assert self.batch_size is not None
+        return CountPass(metrics, null=NullBlocks(self.samples, self.batch_size, self.seed))
+
+    def count_batches(self, start: int, stop: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Pass 2's (batch number, global indices): cut at multiples of ``batch_size``, the null's blocks."""
+        assert self.batch_size is not None
+        b0 = start
+        while b0 < stop:
+            b1 = min(stop, (b0 // self.batch_size + 1) * self.batch_size)
+            yield b0 // self.batch_size, torch.arange(b0, b1)
+            b0 = b1
 
     def count_pass(self, levels: LevelPass, start: int = 0, stop: int | None = None, *,
                    state: CountPass | None = None,
@@ -273,18 +361,31 @@ class DissectionRun:
         stop = self.samples if stop is None else stop
         state = state or self.new_count_pass(levels)
         with torch.no_grad():
-            for batch, index in self._progress(self.batches(start, stop), start, stop, "pass 2/2 counts"):
+            for batch, index in self._progress(self.count_batches(start, stop), start, stop, "pass 2/2 counts"):
                 acts, images = self._layer_outputs(self._z(index), stop=False, batch=batch, index=index)
                 seg = self._segment(images, batch=batch, index=index)
                 size = (int(seg.shape[-2]), int(seg.shape[-1]))
+                partner = self._local_partners(state, index)
                 for name, a in acts.items():
                     state.metrics[name].update(LevelBatch(
-                        acts=a, seg=seg, sample_index=index, upsampled=_upsampler(a, size),
+                        acts=a, seg=seg, sample_index=index, upsampled=_upsampler(a, size), partner=partner,
                     ))
+                if state.null is not None and bool((partner < 0).all()) and len(index) < state.null.size(batch):
+                    state.add_pending(index, acts, seg)  # a block cut by the shard: its null waits for a merge
                 state.seen += len(index)
                 if on_batch is not None:
                     on_batch(batch, int(index[-1]) + 1, state)
         return state
+
+    @staticmethod
+    def _local_partners(state: CountPass, index: torch.Tensor) -> torch.Tensor:
+        """Each sample's null partner as a position in this batch; all -1 for a cut block."""
+        if state.null is None:
+            return torch.full((len(index),), -1, dtype=torch.int64)
+        if len(index) < state.null.size(int(index[0]) // state.null.block):
+            return torch.full((len(index),), -1, dtype=torch.int64)
+        partner = state.null.partners(index)
+        return torch.where(partner >= 0, partner - int(index[0]), partner)
 
     # -- results --------------------------------------------------------------------
     def results(self, levels: LevelPass, counts: CountPass) -> list[Dissection]:
@@ -296,6 +397,7 @@ class DissectionRun:
         for name in self.layers:
             metric = counts.metrics[name]
             scores = metric.result()
+            trust = _trust(metric, scores.level_index)
             unit_labels = []
             for u in range(len(scores.best_label)):
                 c = int(scores.best_label[u])
@@ -303,6 +405,9 @@ class DissectionRun:
                     unit=u, label=labels[c], iou=float(scores.iou[u, c]),
                     iqr=None if scores.iqr is None else float(scores.iqr[u, c]),
                     category=categories.get(labels[c]),
+                    iou_ci=None if trust is None else (float(trust[0][u, c, 0]), float(trust[0][u, c, 1])),
+                    null_iou=None if trust is None else float(trust[1][u, c]),
+                    pvalue=None if trust is None else float(trust[2][u, c]),
                 ))
             lc = metric.counts
             settings = DissectionSettings(
@@ -310,6 +415,7 @@ class DissectionRun:
                 samples=self.samples, seed=self.seed, threshold=self.threshold,
                 batch_size=int(self.batch_size or 0), iou_min=self.iou_min, iqr_min=self.iqr_min,
                 sketch_size=self.sketch_size, top_k=self.top_k, metric=str(self.metric), gdx_version=__version__,
+                control=self.control,
             )
             fr = metric.fractions()
             out.append(Dissection(
@@ -319,6 +425,9 @@ class DissectionRun:
                 fractions=None if fr is None else fr.float(),
                 label_fraction=None if lc is None else (lc.area.double() / max(int(lc.pixels), 1)).float(),
                 extra=dict(scores.extra),
+                iou_ci=None if trust is None else trust[0],
+                null_iou=None if trust is None else trust[1],
+                pvalue=None if trust is None else trust[2],
             ))
         return out
 
@@ -332,6 +441,16 @@ class DissectionRun:
         assert self.batch_size is not None
         total = (stop - start + self.batch_size - 1) // self.batch_size
         return tqdm(it, total=total, desc=desc, unit="batch", leave=False)
+
+
+def _trust(metric: DissectionMetric, level_index: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(iou_ci U x C x 2, null_iou U x C, pvalue U x C) at each unit's level, or None."""
+    tracker = metric.tracker
+    if tracker is None or level_index is None or int(tracker.null.samples) == 0:
+        return None
+    observed, null = tracker.observed.at(level_index), tracker.null.at(level_index)
+    return confidence_interval(observed), null.iou.float(), null_pvalues(observed, null)
 
 
 def _upsampler(acts: torch.Tensor, size: tuple[int, int]) -> Callable[[], torch.Tensor]:
@@ -376,6 +495,7 @@ def dissect(  # type: ignore[overload-overlap]
     sketch_size: int = 16384,
     top_k: int = 20,
     metric: str | None = None,
+    control: str | None = None,
 ) -> Dissection: ...
 
 
@@ -395,6 +515,7 @@ def dissect(
     sketch_size: int = 16384,
     top_k: int = 20,
     metric: str | None = None,
+    control: str | None = None,
 ) -> list[Dissection]: ...
 
 
@@ -413,6 +534,7 @@ def dissect(
     sketch_size: int = 16384,
     top_k: int = 20,
     metric: str | None = None,
+    control: str | None = None,
 ) -> Dissection | list[Dissection]:
     """Dissect ``layer`` (or a list of layers) of ``generator`` against ``segmenter``.
 
@@ -420,6 +542,9 @@ def dissect(
     map exceeds its q-quantile over all pixels of all samples) or ``"iqr"`` (the paper's
     information-quality-ratio rule). Several layers share the same forward passes.
     Returns one :class:`Dissection` per layer (a single one when ``layer`` is a string).
+    Every unit label carries a 95% interval, the IoU of the spatial-prior null and a
+    p-value (``Dissection.significant(fdr)``); ``control="random-weights"`` dissects a
+    seeded re-initialisation of the generator instead (see :func:`random_weights`).
 
     >>> gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
     >>> d = gdx.dissect(gen, seg, "features", samples=200, seed=0)
@@ -429,7 +554,7 @@ def dissect(
     run = DissectionRun(
         generator, segmenter, [layer] if isinstance(layer, str) else list(layer), samples=samples, seed=seed,
         threshold=threshold, batch_size=batch_size, device=device, registry=registry,
-        sketch_size=sketch_size, top_k=top_k, metric=metric, progress=progress,
+        sketch_size=sketch_size, top_k=top_k, metric=metric, progress=progress, control=control,
     )
     levels = run.level_pass()
     counts = run.count_pass(levels)

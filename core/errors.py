@@ -124,6 +124,14 @@ class ResumeError(RunFolderError):
     """A checkpoint that does not belong to the requested run."""
 
 
+class RunLockedError(RunFolderError):
+    """Another live process holds the run folder's lock (it is writing there now)."""
+
+
+class DeviceError(GdxError, ValueError):
+    """A torch device that is malformed or that this machine does not have."""
+
+
 class PaintError(GdxError, ValueError):
     """A GANPaint request that cannot be served (unknown concept, bad stroke or sample)."""
 
@@ -141,6 +149,10 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 class SettingsError(GdxError, ValueError):
     """A setting out of its range (samples, batch size, threshold, top-k...); names the value and the range."""
+
+
+class ControlError(SettingsError):
+    """An unknown control (`control=...`), or a generator that cannot be copied to re-initialise it."""
 
 
 class LayerOutputError(GdxError, ValueError):

@@ -19,7 +19,7 @@ class Generator(abc.ABC):
 
     Contract:
       * ``sample_latents(n, seed=s)`` returns the latents of samples ``0..n-1`` for seed
-        ``s``; the same call always returns the same tensor (see SPEC "Latents").
+        ``s``; the same call always returns the same tensor (see docs/method.md, "Setting").
       * ``generate(z)`` maps a batch of latents (N x ...) to images N x 3 x H x W, float,
         RGB, nominally in [-1, 1] (values slightly outside are tolerated, as ProGAN's
         output is unclamped).
@@ -32,6 +32,9 @@ class Generator(abc.ABC):
     name: str = "generator"
     #: The layer ``gdx run`` dissects when no ``--layer`` is given (None: the user must say).
     default_layer: str | None = None
+    #: The layer ``gdx paint`` edits when no ``--layer`` is given (None: :attr:`default_layer`).
+    #: Where concepts are best *found* and where they *paint* can differ (docs/paint.md).
+    paint_layer: str | None = None
 
     @property
     @abc.abstractmethod
@@ -66,6 +69,45 @@ class Generator(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({type(self.module).__name__})"
+
+    def latent_rows(self, n: int, *, seed: int) -> "LatentRows":
+        """Rows of ``sample_latents(n, seed=seed)`` handed out batch by batch.
+
+        The default calls ``sample_latents(n)`` once and slices it (memory grows with
+        ``n``). Adapters whose latents are :func:`gdx.seeded_normal` return
+        ``gdx.wrappers.SeededNormalRows``, which draws them batch by batch with the same bits.
+        """
+        return WholeLatents(self, n, seed)
+
+
+class LatentRows(abc.ABC):
+    """Rows ``[start, stop)`` of a generator's ``sample_latents(n, seed)``, bit for bit."""
+
+    n: int
+
+    @abc.abstractmethod
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Latents of samples ``start..stop-1`` (CPU), cheapest when asked in increasing order."""
+
+
+class WholeLatents(LatentRows):
+    """The default :class:`LatentRows`: ``sample_latents(n)`` made once, then sliced."""
+
+    def __init__(self, generator: Generator, n: int, seed: int) -> None:
+        self.generator, self.n, self.seed = generator, int(n), int(seed)
+        self._all: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        if self._all is None:
+            self._all = self.generator.sample_latents(self.n, seed=self.seed)
+            if len(self._all) != self.n:
+                from gdx.errors import SettingsError
+
+                raise SettingsError(
+                    f"generator {self.generator.name!r} returned {len(self._all)} latents for "
+                    f"sample_latents({self.n}); it must return exactly n."
+                )
+        return self._all[start:stop]
 
 
 class Segmenter(abc.ABC):

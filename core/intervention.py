@@ -1,7 +1,7 @@
 """Edit a generator's layer: ablate units, insert them, inside a region.
 
 Under :func:`intervene` the layer's output ``r`` becomes ``r * (1 - a) + v * a``
-(SPEC §2), where ``a`` is 1 on the chosen units inside the region and 0 elsewhere,
+(docs/method.md, "Intervention"), where ``a`` is 1 on the chosen units inside the region and 0 elsewhere,
 and ``v`` is the :class:`Value`: 0 ablates, a unit's insertion constant (or its 0.99
 quantile) inserts. The edit is a forward hook installed through :class:`gdx.Trace`,
 so it is removed on exit, also after an exception.
@@ -417,7 +417,7 @@ def intervene(
     samples: int = 200,
     seed: int = 0,
 ) -> Intervention:
-    """Context manager: ``layer``'s output becomes ``r * (1 - a) + v * a`` (SPEC §2).
+    """Context manager: ``layer``'s output becomes ``r * (1 - a) + v * a`` (docs/method.md, "Intervention").
 
     Two forms: ``intervene(gen, "layer4", units, value=..., region=...)`` edits one
     layer; ``intervene(gen, [Edit(...), ...])`` applies several edits at once (each

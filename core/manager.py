@@ -19,6 +19,7 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -71,6 +72,102 @@ class AdapterInfo:
     def accepts_any_option(self) -> bool:
         params = inspect.signature(self.factory).parameters.values()
         return any(p.kind is p.VAR_KEYWORD for p in params)
+
+    def option_docs(self) -> list[OptionDoc]:
+        """Each option's type and default (from the signature) and its one-line description
+        (from the factory's docstring: see :func:`option_descriptions`)."""
+        described = option_descriptions(inspect.getdoc(self.factory) or "", list(self.options()))
+        return [OptionDoc(n, annotation_text(p), describe_default(p), described.get(n, ""))
+                for n, p in self.options().items()]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionDoc:
+    """One adapter option as the listings show it."""
+
+    name: str
+    type: str
+    default: str
+    description: str
+
+    def line(self, passed: str = "") -> str:
+        """``name (type, default D)[ = passed]: description`` on one line."""
+        text = f"{self.name} ({self.type}, default {self.default})" if self.default != "REQUIRED" else \
+            f"{self.name} ({self.type}, REQUIRED)"
+        if passed:
+            text += f" = {passed} (passed)"
+        return f"{text}: {self.description or '(not described by the adapter)'}"
+
+
+def annotation_text(p: inspect.Parameter) -> str:
+    """The option's type as written in the factory's signature (else the default's type)."""
+    ann = p.annotation
+    if ann is p.empty:
+        return "any" if p.default in (p.empty, None) else type(p.default).__name__
+    text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+    return text.replace("typing.", "").replace("Optional[", "").rstrip("]") if "Optional[" in text else text
+
+
+_INLINE = re.compile(r"((?:``\w+``\s*/\s*)*``\w+``)\s*(?:\(([^)]*)\))?\s*:\s*")
+_NAMES = re.compile(r"``(\w+)``")
+_ARG = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
+
+
+def option_descriptions(doc: str, names: list[str]) -> dict[str, str]:
+    """One-line descriptions of the options ``names`` found in a factory docstring.
+
+    Three layouts are read: a Google-style ``Args:`` (or ``Options:``) section
+    (``name (type): text``, continuation lines indented deeper); inline ReST runs of a
+    double-backquoted name, a colon and text (two names joined by ``/`` share the
+    text), each running to the end of its sentence or the next such name; and plain
+    ``name: text`` lines.
+    """
+    wanted = set(names)
+    out: dict[str, str] = {}
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() in ("Args:", "Arguments:", "Options:", "Parameters:"):
+            indent = None
+            current = ""
+            for follow in lines[i + 1 :]:
+                if not follow.strip():
+                    break
+                depth = len(follow) - len(follow.lstrip())
+                indent = depth if indent is None else indent
+                m = _ARG.match(follow)
+                if depth <= indent and m and m.group(1) in wanted:
+                    current = m.group(1)
+                    out[current] = m.group(2).strip()
+                elif depth < indent:
+                    break
+                elif current:
+                    out[current] += " " + follow.strip()
+    flat = " ".join(doc.split())
+    marks = list(_INLINE.finditer(flat))
+    for k, m in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(flat)
+        text = flat[m.end() : end].strip().rstrip(";,").strip()
+        text = re.split(r"(?<=[a-z0-9)\]])\.\s+(?=[A-Z`])", text)[0]  # the first sentence
+        for name in _NAMES.findall(m.group(1)):
+            if name in wanted and name not in out:
+                out[name] = text
+    for name in _NAMES.findall(flat):  # ``name`` (description) in running text
+        if name in wanted and name not in out:
+            found = re.search(rf"``{name}``\s*\(([^)]*)\)", flat)
+            if found:
+                out[name] = found.group(1).strip()
+    for line in lines:
+        m = _ARG.match(line)
+        if m and m.group(1) in wanted and m.group(1) not in out:
+            out[m.group(1)] = m.group(2).strip()
+    return {n: _one_line(t) for n, t in out.items() if t}
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    if text.endswith("."):
+        text = text[:-1]
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _first_line(text: str | None) -> str:

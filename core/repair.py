@@ -1,4 +1,4 @@
-"""Find and switch off the units that cause visual artifacts (SPEC §3).
+"""Find and switch off the units that cause visual artifacts (docs/method.md, "Repair").
 
 The paper found artifact units in a bedroom ProGAN by hand; here they are found
 automatically: every candidate unit is ablated on its own, the image-quality

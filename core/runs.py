@@ -3,23 +3,29 @@
 Folder layout (``gdx run --out DIR``)::
 
     DIR/run.json                      written last: its presence marks a finished run
-    DIR/<layer>/dissection.json|.safetensors
-    DIR/checkpoint/rank<R>.json|.safetensors   while the run is unfinished
+    DIR/<layer>/dissection.json|.safetensors   (both carry the run id that run.json names)
+    DIR/checkpoint/rank<R>.safetensors   while the run is unfinished (statistics + their JSON header)
+    DIR/.gdx.lock                     the OS lock the writing process holds (see gdx.runlock)
+    DIR/.gdx-next/                    an overwrite in progress: the new run, until it is finished
 
 This module is the one reader and writer of ``run.json``: :class:`RunManifest` is its
 content (the adapters as names plus parsed options, so anything can rebuild them
 through the plugin registry), :class:`RunFolder` the folder's states and results, and
-:class:`CheckpointedRun` the resumable execution. Checkpoints are written atomically
-(temp file + rename) every ``checkpoint_every`` batches and hold the exact streaming
-statistics, so a resumed run gives the same numbers as an uninterrupted one.
+:class:`CheckpointedRun` the resumable execution. A checkpoint is one file, written atomically
+(temp file + rename) every ``checkpoint_every`` batches; it holds the exact streaming
+statistics and, in its header, where the run stands and a digest of the statistics, so a
+kill at any instruction leaves the previous or the new checkpoint, never a mix, and a
+resumed run gives the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +38,12 @@ from gdx.distributed import World, barrier, gather_states
 from gdx.errors import ResultFormatError, ResumeError, RunFolderError, SettingsError
 from gdx.interfaces import Generator
 from gdx.manager import PluginRegistry, default_registry, parse_options
-from gdx.results import Dissection, atomic_save_tensors, atomic_write_json, load_tensors
+from gdx.results import Dissection, atomic_save_tensors, atomic_write_json, load_tensors_and_metadata
+from gdx.runlock import NEXT_DIR, RunLock, remove_stale_temps, settle, settle_for_reading
 
 RUN_MANIFEST = "run.json"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_META = "gdx.checkpoint"
 MANIFEST_FORMAT = "gdx.run"
 #: Version 2 stores adapter options as parsed values; version 1 stored ``key=value`` strings.
 MANIFEST_VERSION = 2
@@ -106,6 +114,8 @@ class RunManifest:
     processes: int = 1
     seconds: float | None = None
     synthetic: bool = False
+    #: The id its per-layer results carry (empty in manifests of older gdx versions).
+    run_id: str = ""
 
     def settings(self) -> dict[str, Any]:
         """The settings a checkpoint must match to be resumed (not the timing or process count)."""
@@ -118,13 +128,14 @@ class RunManifest:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **self.settings(),
-                "processes": self.processes, "seconds": self.seconds, "synthetic": self.synthetic}
+                "processes": self.processes, "seconds": self.seconds, "synthetic": self.synthetic,
+                "run_id": self.run_id}
 
     @classmethod
     def from_json(cls, data: Any, *, where: Path) -> "RunManifest":
         if not isinstance(data, dict) or data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
             raise ResultFormatError(f"{where} is not a gdx run manifest")
-        if int(data.get("version", 1)) > MANIFEST_VERSION:
+        if not isinstance(data.get("version", 1), int) or data.get("version", 1) > MANIFEST_VERSION:
             raise ResultFormatError(f"{where} was written by a newer gdx (version {data.get('version')}); upgrade gdx")
         try:
             gen_opts, gen_pairs = _options_from_json(data.get("generator_options"), where)
@@ -139,8 +150,9 @@ class RunManifest:
                 threshold=data.get("threshold", 0.99), batch_size=data.get("batch_size"),
                 sketch_size=data.get("sketch_size"), processes=int(data.get("processes", 1)),
                 seconds=data.get("seconds"), synthetic=bool(data.get("synthetic", False)),
+                run_id=str(data.get("run_id") or ""),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, ResultFormatError):
                 raise
             raise ResultFormatError(f"{where} is damaged ({type(exc).__name__}: {exc}); run 'gdx run' again") from None
@@ -171,21 +183,56 @@ class RunFolder:
             return "unfinished"
         return "empty"
 
-    def prepare(self, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
-        """Check that a new run may write here, clearing the old one for ``overwrite``."""
+    @property
+    def staging_dir(self) -> Path:
+        """Where an overwrite makes the new run while the old one stays in place."""
+        return self.path / NEXT_DIR
+
+    def lock(self) -> RunLock:
+        """Take the folder's OS lock (one writer at a time); release it with ``.release()``."""
+        lock = RunLock(self.path)
+        lock.acquire()
+        return lock
+
+    def prepare(self, *, resume: bool, overwrite: bool, is_main: bool = True) -> Path:
+        """Check that a run may write here and return the folder it writes into.
+
+        Call it holding :meth:`lock` (the main process). An ``overwrite`` of a finished run
+        returns the staging folder: the old run stays readable until :meth:`commit` swaps
+        the new one in. ``resume`` continues an unfinished run, or an overwrite whose new
+        run was interrupted.
+        """
+        if is_main:
+            settle(self.path)
         state = self.state()
-        if state != "empty" and overwrite:
+        staged = self.staging_dir.exists()
+        if resume and staged and state == "finished":
+            return self.staging_dir
+        if overwrite:
+            if state == "finished":
+                if is_main:
+                    shutil.rmtree(self.staging_dir, ignore_errors=True)
+                return self.staging_dir
             if is_main:
                 shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-                self.manifest_path.unlink(missing_ok=True)
-        elif state == "finished":
+                shutil.rmtree(self.staging_dir, ignore_errors=True)
+            return self.path
+        if state == "finished":
             raise RunFolderError(
                 f"{self.path} already holds a finished run; pass `overwrite=True` to replace it, "
                 "or choose another `out` folder."
+                + (" (An interrupted overwrite is staged beside it: continue it with `resume=True`.)" if staged else "")
             )
+        return self.path
+
+    def commit(self, work: Path) -> None:
+        """Make the finished run in ``work`` the folder's run (a no-op when it was made in place)."""
+        if Path(work) != self.path:
+            settle(self.path)
 
     def manifest(self) -> RunManifest:
         """The finished run's manifest (a clear error for an unfinished, foreign or damaged folder)."""
+        settle_for_reading(self.path)
         if not self.manifest_path.is_file():
             if self.checkpoint_dir.exists():
                 raise RunFolderError(
@@ -196,8 +243,8 @@ class RunFolder:
                 "(pass the folder 'gdx run --out DIR' wrote; the run may not have finished)."
             )
         try:
-            data = json.loads(self.manifest_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(self.manifest_path.read_bytes())
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ResultFormatError(f"{self.manifest_path} is not valid JSON ({exc}); run 'gdx run' again") from None
         return RunManifest.from_json(data, where=self.manifest_path)
 
@@ -220,16 +267,30 @@ class RunFolder:
         (``Dissection.save(folder / layer)``) serves a named layer too."""
         if layer is not None and not self.manifest_path.is_file() and (self.path / layer / "dissection.json").is_file():
             return Dissection.load(self.path / layer)
-        return Dissection.load(self.path / self.layer(layer))
+        return self._checked(self.manifest(), self.layer(layer))
 
     def dissections(self) -> list[Dissection]:
-        return [Dissection.load(self.path / layer) for layer in self.manifest().layers]
+        manifest = self.manifest()
+        return [self._checked(manifest, layer) for layer in manifest.layers]
+
+    def _checked(self, manifest: RunManifest, layer: str) -> Dissection:
+        """A layer's result, refused when it comes from another run than run.json."""
+        d = Dissection.load(self.path / layer)
+        if manifest.run_id and d.run_id != manifest.run_id:
+            raise ResultFormatError(
+                f"{self.path / layer} holds a result of another run ({d.run_id or 'unknown'}) than "
+                f"{self.manifest_path} ({manifest.run_id}); the folder was changed by hand or half-written. "
+                "Run 'gdx run' again with `overwrite=True`."
+            )
+        return d
 
     def save(self, manifest: RunManifest, dissections: Iterable[Dissection]) -> None:
         """Write results and then the manifest (for runs made in one go, e.g. GANPaint's quick dissection)."""
+        run_id = manifest.run_id or uuid.uuid4().hex
         for d in dissections:
+            d.run_id = run_id
             d.save(self.path / d.layer)
-        self.write_manifest(manifest)
+        self.write_manifest(dataclasses.replace(manifest, run_id=run_id))
 
 
 @dataclass
@@ -241,72 +302,82 @@ class CheckpointedRun:
     settings: dict[str, Any]
     world: World = field(default_factory=World)
     checkpoint_every: int = 50
+    #: The id the results and run.json carry: kept in the checkpoints, so a resumed run keeps it.
+    run_id: str = ""
 
     @property
     def fingerprint(self) -> str:
         text = json.dumps({**self.settings, "world_size": self.world.size}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def _ckpt(self, suffix: str) -> Path:
+    def _ckpt(self, suffix: str = "safetensors") -> Path:
         return self.folder / CHECKPOINT_DIR / f"rank{self.world.rank}.{suffix}"
 
     def save_checkpoint(self, phase: int, next_index: int, state: LevelPass | CountPass,
                         levels: LevelPass | None = None) -> None:
+        """One file per checkpoint: the statistics, with where the run stands in its header.
+
+        It replaces the previous checkpoint by a rename, so a kill at any point leaves one
+        complete checkpoint (the previous or this one).
+        """
         tensors = {f"state/{k}": v for k, v in state.state_dict().items()}
         if levels is not None:
             tensors.update({f"levels/{k}": v for k, v in levels.state_dict().items()})
-        # tensors first, then the JSON that points at them: a kill between the two leaves
-        # the previous JSON, whose tensors are overwritten only with newer consistent ones.
-        digest = hashlib.sha256()
-        for k in sorted(tensors):
-            digest.update(k.encode())
-            digest.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
-        atomic_save_tensors(self._ckpt("safetensors"), tensors)
-        atomic_write_json(self._ckpt("json"), {
-            "fingerprint": self.fingerprint, "phase": phase, "next": next_index,
-            "digest": digest.hexdigest(), "saved": time.time(),
-        })
+        meta = {"fingerprint": self.fingerprint, "phase": phase, "next": next_index,
+                "digest": _digest(tensors), "run_id": self.run_id, "saved": time.time()}
+        atomic_save_tensors(self._ckpt(), tensors, metadata={CHECKPOINT_META: json.dumps(meta)})
 
     def load_checkpoint(self) -> tuple[int, int, dict[str, torch.Tensor]] | None:
-        meta_path = self._ckpt("json")
-        if not meta_path.exists():
+        path = self._ckpt()
+        if not path.exists():
+            if self._ckpt("json").exists():
+                raise ResumeError(
+                    f"the checkpoint in {self.folder} was written by an older gdx and cannot be resumed; "
+                    "start again with `overwrite=True`."
+                )
             return None
-        meta = json.loads(meta_path.read_text())
-        if meta["fingerprint"] != self.fingerprint:
+        try:
+            tensors, header = load_tensors_and_metadata(path)
+            meta = json.loads(header[CHECKPOINT_META])
+            phase, nxt, digest = int(meta["phase"]), int(meta["next"]), str(meta["digest"])
+        except (ResultFormatError, KeyError, TypeError, ValueError) as exc:
+            raise ResumeError(
+                f"checkpoint {path} is damaged ({exc}); delete {self.folder / CHECKPOINT_DIR} and run again "
+                "without `resume=True` (or with `overwrite=True`)."
+            ) from None
+        if meta.get("fingerprint") != self.fingerprint:
             raise ResumeError(
                 f"the checkpoint in {self.folder} was made with other settings (models, options, layers, "
                 "samples, seed, threshold, batch size or process count). Resume with the same settings, "
                 "or start afresh in another `out` folder (or with `overwrite=True`)."
             )
-        tensors = load_tensors(self._ckpt("safetensors"))
-        digest = hashlib.sha256()
-        for k in sorted(tensors):
-            digest.update(k.encode())
-            digest.update(tensors[k].contiguous().numpy().tobytes())
-        if digest.hexdigest() != meta["digest"]:
+        if _digest(tensors) != digest:
             raise ResumeError(
-                f"checkpoint {self._ckpt('safetensors')} does not match its JSON (interrupted between the two "
-                "writes); delete the checkpoint folder and run again without `resume=True`."
+                f"checkpoint {path} does not match its own digest (the file was damaged after it was written); "
+                f"delete {self.folder / CHECKPOINT_DIR} and run again without `resume=True`."
             )
-        return int(meta["phase"]), int(meta["next"]), tensors
+        if meta.get("run_id"):
+            self.run_id = str(meta["run_id"])
+        return phase, nxt, tensors
 
     def execute(self, *, resume: bool) -> list[Dissection] | None:
         """Run (or resume) both passes on this rank's shard; rank 0 returns the results."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.rglob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temps(self.folder)  # only files whose maker has exited
         start, stop = self.world.shard(self.run.samples)
         phase, next_index, tensors = 1, start, None
         if resume:
             loaded = self.load_checkpoint()
             if loaded is not None:
                 phase, next_index, tensors = loaded
-        elif (self.folder / CHECKPOINT_DIR).exists():
+        if not resume and (self.folder / CHECKPOINT_DIR).exists():
             raise ResumeError(
                 f"{self.folder} holds an unfinished run; pass `resume=True` to continue it, "
                 "or `overwrite=True` to start again."
             )
 
+        if not self.run_id:
+            self.run_id = uuid.uuid4().hex
         levels = self.run.new_level_pass()
         if phase == 1:
             if tensors is not None:
@@ -338,6 +409,7 @@ class CheckpointedRun:
         if self.world.is_main and merged_counts is not None:
             results = self.run.results(merged_levels, merged_counts)
             for r in results:
+                r.run_id = self.run_id
                 r.save(self.folder / r.layer)
         barrier(self.world)
         return results
@@ -345,7 +417,7 @@ class CheckpointedRun:
     def finish(self, manifest: RunManifest) -> None:
         """Write run.json (the finished marker) and drop the checkpoints (rank 0 only)."""
         if self.world.is_main:
-            RunFolder(self.folder).write_manifest(manifest)
+            RunFolder(self.folder).write_manifest(dataclasses.replace(manifest, run_id=self.run_id))
 
     def _merge_levels(self, local: LevelPass) -> LevelPass:
         if self.world.size == 1:
@@ -376,3 +448,23 @@ class CheckpointedRun:
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def checkpoint_header(path: Path) -> dict[str, Any]:
+    """Where the run of checkpoint file ``path`` stands (phase, next sample, digest, run id)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = dict(f.metadata() or {})
+    data = json.loads(header[CHECKPOINT_META])
+    if not isinstance(data, dict):
+        raise ResultFormatError(f"{path} has a damaged checkpoint header")
+    return data
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for k in sorted(tensors):
+        digest.update(k.encode())
+        digest.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -192,6 +192,18 @@ class TopSamples:
         self.values, self.indices = state["values"].clone(), state["indices"].clone()
 
 
+class PixelSink(Protocol):
+    """Receives, per unit chunk, the pixels above a unit's lowest level (see :class:`LevelCounts`).
+
+    ``sample`` (P,) local sample index in the batch, ``unit`` (P,) local to ``units``
+    (``start, stop``), ``bucket`` (P,) = #levels below the pixel's value (>= 1), ``pos``
+    (P,) the pixel's flat position ``y * W + x`` in the segmentation.
+    """
+
+    def __call__(self, sample: torch.Tensor, unit: torch.Tensor, bucket: torch.Tensor, pos: torch.Tensor,
+                 units: tuple[int, int]) -> None: ...
+
+
 class LevelCounts:
     """Exact pixel counts at per-unit levels: above-level totals and label co-occurrence.
 
@@ -214,20 +226,29 @@ class LevelCounts:
         self.area = torch.zeros(self.num_labels, dtype=torch.int64)
         self.pixels = torch.zeros((), dtype=torch.int64)
         self._dev_levels: dict[torch.device, torch.Tensor] = {}
+        self._sink: PixelSink | None = None
+        self._count = True
 
     def _levels_on(self, device: torch.device) -> torch.Tensor:
         if device not in self._dev_levels:
             self._dev_levels[device] = self.levels.to(device)
         return self._dev_levels[device]
 
-    def update(self, acts: torch.Tensor, seg: torch.Tensor) -> None:
-        """Fold in raw layer outputs ``acts`` (n x U x h x w) and labels ``seg`` (n x K x H x W)."""
+    def update(self, acts: torch.Tensor, seg: torch.Tensor, *, sink: PixelSink | None = None,
+               count: bool = True) -> None:
+        """Fold in raw layer outputs ``acts`` (n x U x h x w) and labels ``seg`` (n x K x H x W).
+
+        ``sink`` also receives every pixel above a unit's lowest level (per-sample
+        statistics); ``count=False`` feeds only the sink and leaves the counts unchanged.
+        """
         n, _, h, w = acts.shape
         H, W = seg.shape[-2:]
         labels = seg.long()
-        valid = labels >= 0
-        self.area += torch.bincount(labels[valid].flatten().cpu(), minlength=self.num_labels)[: self.num_labels]
-        self.pixels += n * H * W
+        self._sink, self._count = sink, count
+        if count:
+            valid = labels >= 0
+            self.area += torch.bincount(labels[valid].flatten().cpu(), minlength=self.num_labels)[: self.num_labels]
+            self.pixels += n * H * W
         s = H // h
         block = s * h == H and s * w == W and s >= 1
         levels = self._levels_on(acts.device)
@@ -254,6 +275,8 @@ class LevelCounts:
         so the k=0 histogram summed over slots gives the pixels above each level.
         """
         L1, C1 = self.num_levels + 1, self.num_labels + 1
+        if not self._count:
+            return
         base = (unit_local * L1 + bucket) * C1
         for k in range(lab.shape[1]):
             idx = base + (lab[:, k] + 1).clamp(min=0)
@@ -272,6 +295,14 @@ class LevelCounts:
         # #levels below each value, computed in place: idx = bucket * C1 + unit * L1 * C1 + label + 1
         idx = torch.searchsorted(lv.expand(n, span, -1).contiguous(), up.contiguous(), right=False)
         del up
+        if self._sink is not None:
+            step = max(1, (1 << 22) // max(1, span * idx.shape[2]))  # a few samples at a time: bounded lists
+            for i in range(0, n, step):
+                hit = (idx[i : i + step] > 0).nonzero()
+                self._sink(hit[:, 0] + i, hit[:, 1], idx[i : i + step][hit[:, 0], hit[:, 1], hit[:, 2]], hit[:, 2],
+                           (start, start + span))
+        if not self._count:
+            return
         idx.mul_(C1)
         unit_term = (torch.arange(span, device=chunk.device) * (L1 * C1))[None, :, None]
         for k in range(labels.shape[1]):
@@ -316,7 +347,12 @@ class LevelCounts:
         lab = canvas.view(-1, K)[cell_base[cell] + pix_offset[pix]]  # P, K
         inside = lab[:, 0] != -2
         u, v, lab = u[inside], v[inside], lab[inside]
-        self._accumulate(u, self._buckets(v, u, lv), lab, start, span)
+        bucket = self._buckets(v, u, lv)
+        if self._sink is not None:
+            cy = where[:, 2][cell][inside] * s + pix[inside] // s + off
+            cx = where[:, 3][cell][inside] * s + pix[inside] % s + off
+            self._sink(where[:, 0][cell][inside], u, bucket, cy * W + cx, (start, start + span))
+        self._accumulate(u, bucket, lab, start, span)
 
     @staticmethod
     def _buckets(v: torch.Tensor, u: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:

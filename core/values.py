@@ -97,7 +97,7 @@ def insertion_values(
     seed: int = 0,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Each unit's insertion constant k_u for ``concept`` (U floats; SPEC §2).
+    """Each unit's insertion constant k_u for ``concept`` (U floats; docs/method.md, "Intervention").
 
     k_u is the mean of unit u's activation over the feature cells where the concept
     is present, each cell weighted by the fraction of its pixels the concept covers

@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from gdx.interfaces import Generator, Segmenter
+from gdx.checks import check_labels
+from gdx.interfaces import Generator, LatentRows, Segmenter
 
 
 def seeded_normal(n: int, latent_shape: Sequence[int], seed: int) -> torch.Tensor:
@@ -16,6 +17,62 @@ def seeded_normal(n: int, latent_shape: Sequence[int], seed: int) -> torch.Tenso
     Any tool can reproduce gdx's samples from this one line.
     """
     return torch.randn((n, *latent_shape), generator=torch.Generator().manual_seed(int(seed)))
+
+
+class SeededNormalRows(LatentRows):
+    """Rows of ``seeded_normal(n, shape, seed)`` drawn batch by batch: memory that does not grow with ``n``.
+
+    Bit for bit the same as slicing the whole tensor. torch's CPU ``randn`` of a float32
+    tensor of 16 or more values draws one uniform per value in order, turns each aligned
+    block of 16 into normals (Box-Muller), and redraws the last 16 values when the size is
+    not a multiple of 16. Drawing the same stream in pieces that start at multiples of 16,
+    with a last piece of at least 16 values, therefore gives the same numbers.
+    """
+
+    _CHUNK = 1 << 20  # values drawn at once when skipping ahead
+
+    def __init__(self, n: int, latent_shape: Sequence[int], seed: int) -> None:
+        self.n, self.shape, self.seed = int(n), tuple(int(x) for x in latent_shape), int(seed)
+        self.per_row = 1
+        for x in self.shape:
+            self.per_row *= x
+        self.total = self.n * self.per_row
+        self._restart()
+
+    def _restart(self) -> None:
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._pos = 0                      # values drawn so far
+        self._buf = torch.empty(0)         # values [self._buf_start, self._pos)
+        self._buf_start = 0
+
+    def _draw(self, target: int) -> torch.Tensor:
+        """Draw the next piece, up to ``target`` rounded to the rules above."""
+        end = min(self.total, -(-target // 16) * 16)
+        if self.total - end < 16:
+            end = self.total
+        piece = torch.randn(end - self._pos, generator=self._gen, dtype=torch.float32)
+        self._pos = end
+        return piece
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        if torch.get_default_dtype() != torch.float32:  # the recipe's other dtypes: the whole tensor
+            return seeded_normal(self.n, self.shape, self.seed)[start:stop]
+        first, last = start * self.per_row, stop * self.per_row
+        if first < self._buf_start:
+            self._restart()
+        while self._pos < first:  # skip ahead (a shard or a resumed run), in bounded pieces
+            begin = self._pos
+            piece = self._draw(min(first, begin + self._CHUNK))
+            self._buf, self._buf_start = piece[max(first - begin, 0):], max(first, begin)
+        if self._buf_start < first:
+            self._buf, self._buf_start = self._buf[first - self._buf_start:], first
+        pieces = [self._buf]
+        while self._pos < last:
+            pieces.append(self._draw(last))
+        values = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        out = values[: last - first].reshape(stop - start, *self.shape).clone()
+        self._buf, self._buf_start = values[last - first:], last
+        return out
 
 
 class ModuleGenerator(Generator):
@@ -36,6 +93,11 @@ class ModuleGenerator(Generator):
 
     def sample_latents(self, n: int, *, seed: int) -> torch.Tensor:
         return seeded_normal(n, self.latent_shape, seed)
+
+    def latent_rows(self, n: int, *, seed: int) -> LatentRows:
+        if type(self).sample_latents is not ModuleGenerator.sample_latents:
+            return super().latent_rows(n, seed=seed)  # a subclass with its own recipe
+        return SeededNormalRows(n, self.latent_shape, seed)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         return self._module(z)
@@ -69,9 +131,7 @@ class CallableSegmenter(Segmenter):
         if not callable(fn):
             raise TypeError(f"wrap_segmenter needs a callable, got {type(fn).__name__}")
         self.fn = fn
-        self._labels = list(labels)
-        if not self._labels:
-            raise ValueError("wrap_segmenter needs at least one label name")
+        self._labels = check_labels(labels, name=name or "wrapped")
         self._categories = dict(categories or {})
         unknown = set(self._categories) - set(self._labels)
         if unknown:

@@ -140,7 +140,64 @@ def test_listings(cmd, expected):
 
 def test_listing_details():
     r = invoke("generators", "toy")
-    assert "layers: features, decoder" in r.output and "option resolution = 32" in r.output
+    assert "option resolution (int, default 32): image size in pixels" in r.output
+    rows = {line.split()[0]: line for line in r.output.splitlines()[2:] if line.strip()}
+    # one probe gives each layer's units x h x w; the default layer is marked
+    assert "10 units x 8x8" in rows["features"] and "default (gdx run)" in rows["features"]
+    assert "3 units x 32x32" in rows["decoder"] and "default" not in rows["decoder"]
+
+
+def test_listing_prints_the_passed_option_value_not_the_default():
+    r = invoke("generators", "toy", "--gen-opt", "resolution=48")
+    assert r.exit_code == 0, r.output
+    assert "resolution (int, default 32) = 48 (passed)" in r.output and "3 units x 48x48" in r.output
+
+
+def test_scene_listing_marks_the_run_and_the_paint_layer():
+    if "scene" not in gdx.default_registry().infos("generator"):
+        pytest.skip("no bundled scene GAN")
+    r = invoke("generators", "scene")
+    rows = {line.split()[0]: line for line in r.output.splitlines() if line.strip() and not line.startswith(" ")}
+    assert "128 units x 16x16" in rows["layer5"] and "default (gdx run)" in rows["layer5"]
+    assert "paint default (gdx paint)" in rows["layer6"]
+
+
+@pytest.mark.parametrize("kind", ["generator", "segmenter", "metric"])
+def test_every_builtin_option_has_a_type_and_a_description(kind):
+    """`gdx generators -v` & co. explain each option: a type from the signature, a line from the docstring."""
+    reg = gdx.default_registry()
+    for name, info in reg.infos(kind).items():
+        if not info.plugin.startswith("gdx."):
+            continue
+        for doc in info.option_docs():
+            assert doc.type and doc.type != "any", (name, doc)
+            assert doc.description and "\n" not in doc.description, (name, doc.name)
+
+
+def test_verbose_listing_shows_descriptions():
+    r = invoke("segmenters", "-v")
+    assert r.exit_code == 0, r.output
+    assert "  labels (str | None, default None): a labels file (default: ADE20K-150 for 150 classes)" in r.output
+
+
+def test_option_descriptions_read_args_sections_inline_rest_and_plain_lines():
+    from gdx.manager import option_descriptions
+
+    google = """Build it.
+
+    Args:
+        weights (str): the file
+            to load
+        device: where to run
+    """
+    import inspect
+
+    assert option_descriptions(inspect.cleandoc(google), ["weights", "device"]) == {
+        "weights": "the file to load", "device": "where to run"}
+    rest = "A model. ``model``: the .onnx file; ``mean``/``std``: normalisation. More text. ``bgr`` (feed BGR)"
+    assert option_descriptions(rest, ["model", "mean", "std", "bgr", "other"]) == {
+        "model": "the .onnx file", "mean": "normalisation", "std": "normalisation", "bgr": "feed BGR"}
+    assert option_descriptions("size: pixels per side", ["size"]) == {"size": "pixels per side"}
 
 
 def test_settings_are_validated_with_clear_errors(toy_pair):
@@ -186,3 +243,19 @@ def test_cli_speaks_flags_where_the_library_speaks_parameters(tmp_path):
     assert invoke("run", "--gen", "toy", "--seg", "toy", "--samples", "8", "--quiet", "--out", str(out)).exit_code == 0
     again = CliRunner().invoke(cli, ["run", "--gen", "toy", "--seg", "toy", "--samples", "8", "--quiet", "--out", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output and "overwrite=True" not in again.output
+
+
+def test_run_prints_per_concept_counts_and_the_next_commands(tmp_path):
+    out = tmp_path / "my run"
+    r = CliRunner().invoke(cli, ["run", "--gen", "toy", "--seg", "toy", "--samples", "40", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    d = gdx.Dissection.load(out / "features")
+    counts = d.summary().per_concept
+    assert counts, "the toy world has interpretable units"
+    line = next(x for x in r.output.splitlines() if x.startswith("per concept: "))
+    assert line == "per concept: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    import shlex
+
+    assert f"gdx report {shlex.quote(str(out))}" in r.output and f"gdx paint --run {shlex.quote(str(out))}" in r.output
+    shown = invoke("show", str(out))
+    assert line in shown.output  # `gdx show` prints the same counts

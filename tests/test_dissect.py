@@ -81,7 +81,11 @@ def test_iqr_picks_brute_force_level(toy_pair):
             cooc[j] = (m[None] & lab).flatten(1).sum(1)
         iqr = iqr_from_counts(above[None], cooc[None], area, pixels)[0]  # L, C
         iqr[:, (area.double() / pixels) < 1e-3] = -1
-        j, c = divmod(int(iqr.flatten().argmax()), C)
+        # the rule's 100 candidates: per top fraction, the counted level with the closest exact share above
+        fractions = torch.logspace(0, -3, 100, dtype=torch.float64)
+        cand = (above.double()[None, :] - fractions[:, None] * pixels).abs().argmin(1)
+        k, c = divmod(int(iqr[cand].flatten().argmax()), C)
+        j = int(cand[k])
         assert d.thresholds[u] == d.levels[u, j], f"unit {u}: level {d.thresholds[u]} vs {d.levels[u, j]}"
         assert d.unit_labels[u].label == TOY_LABELS[c]
         assert math.isclose(d.unit_labels[u].iqr, float(iqr[j, c]), abs_tol=1e-4)

@@ -153,3 +153,26 @@ def test_options_parse_from_the_command_line():
     opts = parse_options(info, ["weights=x.pth", "download=false", "device=cpu"])
     assert opts == {"weights": "x.pth", "download": False, "device": "cpu"}
     assert isinstance(Path(opts["weights"]), Path)
+
+
+def test_a_file_name_is_a_path_and_never_downloaded(tmp_path, monkeypatch):
+    """`weights=churchoutdoor_lsun.pth` in the current folder is that file; if absent, no download is tried."""
+    monkeypatch.setenv("GDX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    net = tiny_progan(seed=4)
+    write_progan(net, tmp_path / "churchoutdoor_lsun.pth")
+    gen = gdx.load_generator("progan", weights="churchoutdoor_lsun.pth", base_url="http://127.0.0.1:9/")
+    z = gen.sample_latents(2, seed=0)
+    with torch.no_grad():
+        assert torch.equal(gen.generate(z), net(z))
+    with pytest.raises(gdx.CheckpointError, match="never downloaded") as info:
+        gdx.load_generator("progan", weights="bedroom_lsun.pth", base_url="http://127.0.0.1:9/")
+    assert "weights=bedroom" in str(info.value) and "gdx weights" in str(info.value)
+    with pytest.raises(gdx.CheckpointError, match="sha256"):
+        gdx.load_generator("progan", weights="churchoutdoor_lsun.pth", sha256="0" * 64)
+    # a bare file name that is not here is found in the cache, still without a download
+    (tmp_path / "cache" / "weights").mkdir(parents=True)
+    (tmp_path / "churchoutdoor_lsun.pth").rename(tmp_path / "cache" / "weights" / "churchoutdoor_lsun.pth")
+    gen = gdx.load_generator("progan", weights="churchoutdoor_lsun.pth", base_url="http://127.0.0.1:9/")
+    with torch.no_grad():
+        assert torch.equal(gen.generate(z), net(z))

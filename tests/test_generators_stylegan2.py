@@ -282,3 +282,39 @@ def test_legacy_format_torch_files_load_whatever_their_extension(tmp_path, name)
     z = gdx.seeded_normal(2, (16,), 0)
     with torch.no_grad():
         torch.testing.assert_close(gen.generate(z), net(z), atol=1e-5, rtol=0)
+
+
+def test_truncation_uses_each_formats_own_formula_bit_for_bit(tmp_path):
+    """rosinality truncates as ``tl + psi * (w - tl)``, NVIDIA as ``w_avg.lerp(w, psi)``: both exact."""
+    net = tiny_stylegan2(seed=8)
+    rosi = gdx.load_generator("stylegan2", weights=str(write_rosinality_pt(net, tmp_path / "r.pt")),
+                              latent="w", truncation=0.7)
+    nvidia = gdx.load_generator("stylegan2", weights=str(write_nvidia_pkl(net, tmp_path / "n.pkl")),
+                                latent="w", truncation=0.7)
+    z = gdx.seeded_normal(256, (16,), 3)
+    with torch.no_grad():
+        for gen, formula in ((rosi, lambda tl, w: tl + 0.7 * (w - tl)), (nvidia, lambda tl, w: tl.lerp(w, 0.7))):
+            m = gen.module.mapping
+            free = m(z, truncation_psi=1.0)[:, 0]
+            got = gen.sample_latents(256, seed=3)
+            assert torch.equal(got, formula(m.w_avg, free))
+        tl, free = rosi.module.mapping.w_avg, rosi.module.mapping(z)[:, 0]
+        assert not torch.equal(tl + 0.7 * (free - tl), tl.lerp(free, 0.7))  # the two formulas do differ
+
+
+def test_conv_clamp_option_restores_a_re_exported_snapshots_clamp(tmp_path):
+    """A plain ``G.state_dict()`` drops conv_clamp; the option puts it back (bit for bit)."""
+    net = tiny_stylegan2(seed=3, conv_clamp=0.3)
+    torch.save(net.state_dict(), tmp_path / "g.pt")
+    z = gdx.seeded_normal(2, (16,), 0)
+    plain = gdx.load_generator("stylegan2", weights=str(tmp_path / "g.pt"))
+    clamped = gdx.load_generator("stylegan2", weights=str(tmp_path / "g.pt"), conv_clamp=0.3)
+    with torch.no_grad():
+        assert not torch.equal(plain.generate(z), net(z)), "the clamp must bind for this test to mean anything"
+        assert torch.equal(clamped.generate(z), net(z))
+    with pytest.raises(gdx.GdxError, match="conv_clamp=-1: expected a positive number"):
+        gdx.load_generator("stylegan2", weights=str(tmp_path / "g.pt"), conv_clamp=-1)
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"G_ema": _RunsCode("true")}))
+    with pytest.raises(gdx.CheckpointError, match=r"generator option `conv_clamp=256`.*use conv_clamp=256"):
+        gdx.load_generator("stylegan2", weights=str(evil))

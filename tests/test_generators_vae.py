@@ -84,3 +84,24 @@ def test_a_missing_diffusers_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(gdx.GdxError, match=r"pip install 'gdx\[diffusers\]'"):
         gdx.load_generator("vae", weights=str(tmp_path / "v"))
+
+
+def test_weights_of_another_model_are_refused_naming_missing_keys(tmp_path):
+    """diffusers only logs "newly initialized" for weights that do not fit; gdx refuses them."""
+    from safetensors.torch import load_file, save_file
+
+    vae = tiny_autoencoder_kl(seed=4)
+    vae.save_pretrained(tmp_path / "v")
+    weights = tmp_path / "v" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    dropped = sorted(k for k in state if k.startswith("decoder.up_blocks.0"))
+    assert dropped
+    other = {k: v for k, v in state.items() if k not in dropped}
+    other["some_other_model.weight"] = torch.zeros(3)
+    save_file(other, str(weights))
+    with pytest.raises(gdx.CheckpointError, match="missing") as info:
+        gdx.load_generator("vae", weights=str(tmp_path / "v"))
+    message = str(info.value)
+    assert dropped[0] in message and "some_other_model.weight" in message and "strict=false" in message
+    loose = gdx.load_generator("vae", weights=str(tmp_path / "v"), strict=False)  # the escape hatch
+    assert loose.latent_shape == (4, 8, 8)

@@ -152,3 +152,85 @@ def test_repair_finds_the_blotch_unit_from_the_command_line(cli, tmp_path, monke
     rep = json.loads((out / "repair.json").read_text())
     assert rep["units"] == [4] and rep["confirmed"]
     assert "(confirmed)" in res.output and (out / "before_after.png").exists()
+
+
+def _toy_run(tmp_path):
+    import gdx
+
+    run = tmp_path / "run"
+    gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
+    gdx.dissect(gen, seg, "features", samples=40).save(run / "features")
+    return run
+
+
+def test_ace_leads_with_the_alpha_ranking_saved_in_the_run_and_names_it(cli, tmp_path):
+    from gdx.causal import UnitRanking
+
+    run = _toy_run(tmp_path)
+    # a saved alpha ranking that disagrees with IoU (IoU puts 1 and 5 first): ace must use it
+    scores = torch.zeros(10)
+    scores[5], scores[8] = 0.9, 0.8
+    UnitRanking(layer="features", concept="tree", method="alpha", scores=scores).save(run / "optimize-tree" / "ranking.json")
+    out = tmp_path / "ace"
+    res = CliRunner().invoke(cli, ["ace", *TOY, "--concept", "tree", "--run", str(run), "--top", "2",
+                                   "--samples", "24", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "by alpha ranking saved in" in res.output
+    summary = json.loads((out / "ace.json").read_text())
+    assert summary["units"] == [5, 8] and summary["ranking"].startswith("alpha")
+    assert json.loads((out / "effect.json").read_text())["units"] == [5, 8]
+
+
+def test_ace_reports_a_random_control_over_draws_with_its_spread(cli, tmp_path):
+    run = _toy_run(tmp_path)
+    out = tmp_path / "ace"
+    res = CliRunner().invoke(cli, ["ace", *TOY, "--concept", "tree", "--run", str(run), "--top", "2",
+                                   "--samples", "24", "--random-draws", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "by IoU ranking of" in res.output and "the IoU ranking is correlational" in res.output
+    summary = json.loads((out / "ace.json").read_text())
+    ctl = summary["random_control"]
+    assert len(ctl["draws"]) == 4 and len({tuple(d) for d in ctl["draws"]}) > 1  # independent draws
+    assert abs(ctl["mean"] - sum(ctl["removed"]) / 4) < 1e-9 and ctl["sd"] >= 0
+    assert f"removed mean {ctl['mean']:.3f} ± {ctl['sd']:.3f} sd" in res.output
+    assert summary["removed"] > ctl["mean"]  # the toy's tree units remove tree; random pairs mostly do not
+    assert "the ranked units are above it" in res.output
+
+
+def test_ace_default_curve_is_a_few_cheap_points(cli, tmp_path):
+    out = tmp_path / "ace"
+    res = CliRunner().invoke(cli, ["ace", *TOY, "--concept", "sun", "--units", "0,4,9,8,3,7", "--samples", "24",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["n"] == [1, 2, 5, 6] and curve["ace"] is None  # 1, 2, 5 of the defaults, and --top's 6
+    assert curve["removed"][-1] == json.loads((out / "effect.json").read_text())["removed"]
+    res = CliRunner().invoke(cli, ["ace", *TOY, "--concept", "sun", "--units", "0,4,9", "--samples", "24",
+                                   "--curve-points", "all", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["n"] == [1, 2, 3] and curve["ace"] is not None
+    res = CliRunner().invoke(cli, ["ace", *TOY, "--concept", "sun", "--units", "0,4", "--curve-points", "x"])
+    assert res.exit_code != 0 and "--curve-points" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_ace_with_defaults_on_the_bundled_world_beats_its_random_control(tmp_path, monkeypatch):
+    """`gdx ace --concept tree` and nothing else: a cached quick dissection gives the IoU ranking
+    (named in the output), the top-20 units remove more tree than random units do on average,
+    and the control's spread over its draws is printed."""
+    import gdx
+    from gdx.cli import cli as gdx_cli
+
+    if "scene" not in gdx.default_registry().infos("generator"):
+        pytest.skip("no bundled scene world")
+    monkeypatch.setenv("GDX_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ace"
+    res = CliRunner().invoke(gdx_cli, ["ace", "--concept", "tree", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "20 units by IoU ranking of a quick 300-sample dissection" in res.output
+    summary = json.loads((out / "ace.json").read_text())
+    ctl = summary["random_control"]
+    assert len(ctl["removed"]) == 5 and f"± {ctl['sd']:.3f} sd" in res.output
+    assert summary["removed"] > ctl["mean"], (summary["removed"], ctl)
+    assert summary["curve"]["n"] == [1, 2, 5, 10, 20]

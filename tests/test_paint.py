@@ -17,6 +17,7 @@ from PIL import Image
 
 import gdx
 from gdx.paint import PaintEngine, Stroke, engine_from_run, rank_concepts
+from gdx.paint.engine import PAINT_IOU_FLOOR
 from gdx_browser import make_run
 
 pytest.importorskip("fastapi")
@@ -37,7 +38,7 @@ def engine(toy_run):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    with TestClient(create_app(engine, max_body=1_000_000)) as c:
+    with TestClient(create_app(engine, max_body=1_000_000), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -75,7 +76,23 @@ def test_concepts_ranked_by_iou(engine):
     tree = next(c for c in concepts if c.name == "tree")
     assert set(tree.units[:2]) == {1, 5}  # the toy's known tree units
     assert list(tree.ious) == sorted(tree.ious, reverse=True)
-    assert all(i > engine.dissection.settings.iou_min for c in concepts for i in c.ious)
+    assert all(i > PAINT_IOU_FLOOR for c in concepts for i in c.ious)
+    # the floor keeps the hand-built distractors (IoU < 0.01 with tree) out of the tree brush
+    assert set(tree.units) == {1, 5}, tree
+
+
+def test_paint_floor_admits_big_regions_the_interpretability_cut_misses():
+    """Sky covers ~40% of a scene, so no top-1% unit can reach IoU 0.05 with it (at most ~0.025):
+    the 0.05 cut-off leaves no sky brush, the paint floor does (and grass, which also covers a lot)."""
+    from types import SimpleNamespace
+
+    iou = torch.tensor([[0.028, 0.0], [0.024, 0.001], [0.004, 0.12], [0.001, 0.03]])
+    summary = SimpleNamespace(per_concept={"door": 1})
+    d = SimpleNamespace(labels=["sky", "door"], iou=iou, units=4, categories={}, summary=lambda: summary)
+    strict = {c.name: c.units for c in rank_concepts(d, iou_min=0.05)}  # type: ignore[arg-type]
+    default = {c.name: c.units for c in rank_concepts(d)}  # type: ignore[arg-type]
+    assert "sky" not in strict and strict["door"] == (2,)
+    assert default["sky"] == (0, 1) and default["door"] == (2, 3)
 
 
 def test_draw_tree_where_there_is_none(engine):
@@ -299,7 +316,7 @@ def test_saved_causal_ranking_orders_units(tmp_path):
     eng = engine_from_run(run)
     assert eng.concepts["tree"].method == "ace" and eng.concepts["tree"].units[:3] == (5, 1, 7)
     assert eng.concepts["sun"].method == "iou"
-    with TestClient(create_app(eng)) as c:
+    with TestClient(create_app(eng), base_url="http://127.0.0.1") as c:
         tree = next(x for x in c.get("/api/info").json()["concepts"] if x["name"] == "tree")
     assert tree["method"] == "ace" and tree["units"][:3] == [5, 1, 7]
 
@@ -309,3 +326,15 @@ def test_iou_cut_off_decides_paintable_units(engine):
     strict = rank_concepts(engine.dissection, iou_min=0.99)
     assert strict == [] and len(loose) >= len(engine.concepts)
     assert all(len(c.units) >= len(engine.concepts[c.name].units) for c in loose if c.name in engine.concepts)
+
+
+def test_a_run_with_the_generators_paint_layer_paints_there_by_default(tmp_path):
+    """The scene GAN paints at layer6 (docs/paint.md): a run that has it uses it unless told otherwise."""
+    from gdx_browser import make_run, scene_available
+
+    if not scene_available():
+        pytest.skip("the bundled scene world is not available")
+    run = make_run(tmp_path / "run", "scene", "scene", ["layer5", "layer6"], samples=20)
+    assert gdx.load_generator("scene").paint_layer == "layer6"
+    assert engine_from_run(run, quantile_samples=20).layer == "layer6"
+    assert engine_from_run(run, "layer5", quantile_samples=20).layer == "layer5"

@@ -2,7 +2,13 @@
 
 ``tests/data/scene_layer5_seed7_200.safetensors`` holds the IoU, thresholds and IQR of
 ``gdx.dissect(scene, scene, "layer5", samples=200, seed=7)`` in both threshold modes,
-computed by the code before the package redesign (git 193364d).
+computed by the code before the package redesign (git 193364d). The ``iqr/*`` entries were
+recomputed once for issue #17, when the IQR mode's candidate levels became exact (counted
+on a 3x denser grid, each candidate the level whose exact share above is closest to its
+fraction): 62 of 128 units moved to the exact candidate level; on 16 units checked
+against a brute-force search over the exact quantiles both old and new levels are within
+0.4% of the best IQR, and the mean chosen IQR rose from 0.044614 to 0.044618. The
+quantile-mode entries are unchanged.
 """
 
 from __future__ import annotations

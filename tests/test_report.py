@@ -55,7 +55,7 @@ def test_report_files_and_offline(toy_report):
 def test_strip_shows_top_samples_with_region_highlighted(toy_run, toy_report):
     d = Dissection.load(toy_run / "features")
     gen = gdx.load_generator("toy")
-    unit, k, tile = 1, 5, 64
+    unit, k, tile = 1, 5, 96  # 64 px images are shown enlarged to 96 px tiles
     strip = np.asarray(Image.open(toy_report.parent / "features" / "unit_0001.jpg").convert("RGB")).astype(float)
     assert strip.shape == (tile, k * (tile + 2) - 2, 3)
     z = gen.sample_latents(d.settings.samples, seed=d.settings.seed)[d.top_indices[unit, :k]]
@@ -85,7 +85,7 @@ def test_highlight_dims_outside_and_outlines():
 
 def test_table_lists_every_unit_sorted_by_iou(toy_run, toy_report):
     d = Dissection.load(toy_run / "features")
-    rows = re.findall(r'<tr class="(interp|weak)" data-unit="(\d+)">', toy_report.read_text())
+    rows = re.findall(r'<tr class="(interp|weak)" data-unit="(\d+)"[^>]*>', toy_report.read_text())
     assert sorted(int(u) for _, u in rows) == list(range(d.units))
     ious = [next(x.iou for x in d.unit_labels if x.unit == int(u)) for _, u in rows]
     assert ious == sorted(ious, reverse=True)

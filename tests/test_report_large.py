@@ -60,6 +60,8 @@ def test_large_report_opens_fast(tmp_path):
         index = write_report(run, tmp_path / "report", top_k=K, generator=gen)
     written = time.perf_counter() - started
     assert len(list((tmp_path / "report" / "features").glob("unit_*.jpg"))) == UNITS
+    size = sum(p.stat().st_size for p in (tmp_path / "report").rglob("*") if p.is_file())
+    assert size < 8e6, f"the 512-unit report takes {size / 1e6:.1f} MB (was 15 MB before tiles fit the window)"
     assert written < 120, f"writing the report took {written:.0f} s"
     with chromium_page(viewport=(1280, 900)) as (page, errors):
         t0 = time.perf_counter()

@@ -51,14 +51,16 @@ def test_two_process_torchrun_equals_single_process(tmp_path):
 
 
 def wait_for_progress(folder: Path, phase: int, at_least: int, proc, timeout=120.0) -> bool:
-    meta = folder / "checkpoint" / "rank0.json"
+    from gdx.runs import checkpoint_header
+
+    meta = folder / "checkpoint" / "rank0.safetensors"
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            m = json.loads(meta.read_text())
+            m = checkpoint_header(meta)
             if (m["phase"], m["next"]) >= (phase, at_least):
                 return True
-        except (FileNotFoundError, json.JSONDecodeError):
+        except Exception:  # not written yet (the reader may race the rename)
             pass
         time.sleep(0.005)
     return False
@@ -143,7 +145,9 @@ def test_nan_error_keeps_the_last_checkpoint_usable(tmp_path):
     run = gdx.DissectionRun(flaky, seg, ["features"], samples=64, batch_size=4)
     with pytest.raises(gdx.NonFiniteError, match="batch 9, samples 37"):
         CheckpointedRun(tmp_path, run, settings, checkpoint_every=2).execute(resume=False)
-    meta = json.loads((tmp_path / "checkpoint" / "rank0.json").read_text())
+    from gdx.runs import checkpoint_header
+
+    meta = checkpoint_header(tmp_path / "checkpoint" / "rank0.safetensors")
     assert meta["phase"] == 1 and meta["next"] == 32  # last save before the bad batch
     flaky.poison = False
     run2 = gdx.DissectionRun(flaky, seg, ["features"], samples=64, batch_size=4)

@@ -19,7 +19,8 @@ def tv_deeplab(tmp_path_factory):
 def test_torchvision_deeplabv3_resnet50_matches_original(tv_deeplab):
     path, model = tv_deeplab
     seg = gdx.load_segmenter("deeplab", weights=str(path))
-    assert seg.input_size == (520, 520)  # torchvision's eval transform resizes to 520
+    assert seg.input_size is None  # by default: the images' own size, not 520 x 520
+    assert "at the images' own size" in seg.describe()
     assert len(seg.labels) == 21 and seg.labels[0] == "background" and seg.labels[15] == "person"
     x = sf.images(2, (48, 48))
     with torch.no_grad():
@@ -28,8 +29,8 @@ def test_torchvision_deeplabv3_resnet50_matches_original(tv_deeplab):
     labels = seg.segment(x)
     assert labels.shape == (2, 48, 48) and labels.dtype == torch.int64
     assert torch.equal(labels, ref.argmax(1))
-    bg = gdx.load_segmenter("deeplab", weights=str(path), ignore_background=True, input_size="64")
-    assert bg.input_size == (64, 64)
+    bg = gdx.load_segmenter("deeplab", weights=str(path), ignore_background=True, input_size="48x48")
+    assert bg.input_size == (48, 48)
     assert torch.equal(bg.segment(x), ref.argmax(1).masked_fill(ref.argmax(1) == 0, -1))
 
 
@@ -86,3 +87,25 @@ def test_errors(tmp_path, tv_deeplab):
     enc, dec, _ = sf.mit_semseg_pair(tmp_path / "mit", encoder="resnet18dilated", classes=3)
     with pytest.raises(CheckpointError, match="mit_semseg"):
         gdx.load_segmenter("deeplab", weights=str(enc))
+
+
+def test_torchvision_input_size_is_torchvisions_aspect_keeping_resize(tv_deeplab, caplog):
+    """``input_size=N`` is torchvision's eval transform (shorter side to N, aspect kept), logged once."""
+    from torchvision.transforms._presets import SemanticSegmentation
+
+    path, model = tv_deeplab
+    seg = gdx.load_segmenter("deeplab", weights=str(path), input_size="40")
+    assert seg.input_size is None and "shorter side resized to 40 px" in seg.describe()
+    x = sf.images(1, (32, 48))
+    prep = SemanticSegmentation(resize_size=40)((x + 1) / 2)
+    assert tuple(prep.shape[-2:]) == (40, 60)  # not squashed to 40 x 40
+    with torch.no_grad():
+        ref = torch.nn.functional.interpolate(model(prep)["out"], size=(32, 48), mode="bilinear",
+                                              align_corners=False)
+    with caplog.at_level("INFO", logger="gdx.plugins.segmenters.deeplab"):
+        got = seg.logits(x)
+        seg.logits(x)
+    assert (got - ref).abs().max().item() < 1e-4
+    assert [r.getMessage() for r in caplog.records] == ["deeplab: segmenting 32x48 images at 40x60 (segmenter option `input_size`)"]
+    with pytest.raises(gdx.GdxError, match="input_size"):
+        gdx.load_segmenter("deeplab", weights=str(path), input_size="0")

@@ -100,7 +100,8 @@ def test_input_range_0_255_and_resizing_to_the_static_shape(tmp_path):
     torch.manual_seed(1)
     nn.init.normal_(conv.weight)
     path = sf.onnx_export(tmp_path / "conv.onnx", conv, size=(16, 16), batch=1)
-    seg = gdx.load_segmenter("onnx", model=str(path), input_range="0,255")
+    with pytest.warns(UserWarning, match=r"came without label names.*class0\.\.class3.*labels="):
+        seg = gdx.load_segmenter("onnx", model=str(path), input_range="0,255")
     assert seg.labels == ["class0", "class1", "class2", "class3"]
     x = sf.images(2, (16, 16))
     with torch.no_grad():

@@ -117,3 +117,30 @@ def test_upp_errors(tmp_path, upp):
         gdx.load_segmenter("upernet", weights=str(bare), labels=str(tmp_path / "wrong.json"))
     with pytest.raises(CheckpointError, match="without parts"):
         gdx.load_segmenter("upernet", weights=str(folder), part_objects="glass")
+
+
+def test_a_dash_in_a_part_list_is_no_label_not_a_label_named_dash(tmp_path):
+    """labels.json part lists may hold Broden's "-" (nothing): those pixels get no part label."""
+    import copy
+
+    labels = copy.deepcopy(sf.UPP_LABELS)
+    labels["object_part"] = {owner: ["-", *parts] for owner, parts in labels["object_part"].items()}
+    folder, model = sf.upp_folder(tmp_path / "upp", labels=labels, seed=1)
+    seg = gdx.load_segmenter("upernet", weights=str(folder), part_objects="all")
+    assert "-" not in seg.labels
+    x = sf.images(2, (32, 32), seed=5)
+    out = seg.segment(x)
+    with torch.no_grad():
+        _, _, part = seg.logits(x)
+    owners = sorted(labels["object_part"], key=labels["object"].index)
+    dash_pixels = 0
+    start = 0
+    for owner in owners:
+        n = len(labels["object_part"][owner])
+        on_owner = out[:, 0] == labels["object"].index(owner) - 1
+        picks_dash = (part[:, start:start + n].argmax(1) == 0) & on_owner
+        assert (out[:, 2][picks_dash] == -1).all()
+        assert (out[:, 2][on_owner & ~picks_dash] >= 0).all()
+        dash_pixels += int(picks_dash.sum())
+        start += n
+    assert dash_pixels > 0, "the test needs pixels whose part argmax is '-'"

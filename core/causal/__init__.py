@@ -1,4 +1,4 @@
-"""Causal effects of units on concepts (SPEC §2): ablate, insert, rank, optimise, locate.
+"""Causal effects of units on concepts (docs/method.md, "Intervention"): ablate, insert, rank, optimise, locate.
 
 Dissection says which units *correlate* with a concept; this package measures which
 units *cause* it, by editing the layer (:func:`gdx.intervene`) and segmenting the

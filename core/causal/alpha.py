@@ -1,4 +1,4 @@
-"""Learn the soft unit mask alpha that best removes and inserts a concept (SPEC §2).
+"""Learn the soft unit mask alpha that best removes and inserts a concept (docs/method.md, "Intervention").
 
 :func:`optimize_units` runs Adam on alpha in [0, 1]^U through the generator and the
 segmenter's soft class probabilities (:func:`segment_probs`). Its steps: fix the
@@ -338,7 +338,7 @@ def optimize_units(
     """Learn the soft unit mask alpha in [0, 1]^U that best removes and inserts ``concept``.
 
     Minimises ``sum p_c(ablate alpha) - sum p_c(insert alpha * k) + lam * ||alpha||^2``
-    (SPEC §2). Ablation multiplies each unit by ``1 - alpha_u`` on samples that
+    (docs/method.md, "Intervention"). Ablation multiplies each unit by ``1 - alpha_u`` on samples that
     contain the concept; insertion sets ``r (1 - alpha) + k alpha`` with ``k`` the
     insertion values. ``p_c`` is the segmenter's soft probability of the concept
     (:func:`segment_probs`, or ``probs(images) -> N x L x H x W``). Each term is summed

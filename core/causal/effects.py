@@ -1,4 +1,4 @@
-"""Measure what ablating or inserting a set of units does to a concept (SPEC §2).
+"""Measure what ablating or inserting a set of units does to a concept (docs/method.md, "Intervention").
 
 :class:`EffectRunner` holds fixed latents (the dissection recipe) and the cached
 unedited pass; :func:`causal_effect` measures one unit set, :func:`cumulative_effect`

@@ -1,4 +1,4 @@
-"""Where in an image a concept's units can add the concept (SPEC §2 "context")."""
+"""Where in an image a concept's units can add the concept (docs/method.md, "ACE and removal": location maps)."""
 
 from __future__ import annotations
 

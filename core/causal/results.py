@@ -19,7 +19,7 @@ from gdx.results import JsonResult
 
 @dataclasses.dataclass
 class CausalEffect(JsonResult):
-    """The effect of ablating / inserting a set of units on a concept (SPEC §2).
+    """The effect of ablating / inserting a set of units on a concept (docs/method.md, "Intervention").
 
     ``removed``: 1 - (pixels of the concept after ablating the units everywhere) /
     (pixels before), summed over the samples that contain the concept.
@@ -206,7 +206,7 @@ class RemovalTable(JsonResult):
 
 @dataclasses.dataclass
 class LocationMap(JsonResult):
-    """Where inserting a concept's units adds the concept (SPEC §2 "context").
+    """Where inserting a concept's units adds the concept (docs/method.md, "ACE and removal": location maps).
 
     ``gain[i, j]``: change of the concept's pixel fraction inside cell (i, j)'s
     window (the cell grown by ``radius`` cells on each side) when the units are set

@@ -53,20 +53,16 @@ def _dissection_for(run_dir: str, layer: str) -> Dissection:
 
 
 def _choose_units(layer: str, concept: str, units: str | None, ranking_file: str | None, run_dir: str | None,
-                  top: int, say: Callable[[str], None]) -> tuple[list[int], UnitRanking | None]:
-    """Units from --units, a saved --ranking, or the IoU ranking of a --run dissection."""
-    from gdx.causal import UnitRanking, rank_by_iou
+                  top: int, say: Callable[[str], None]) -> list[int]:
+    """Units from --units, a saved --ranking, or the --run folder (its alpha/ACE ranking, else IoU)."""
 
-    if units:
-        return _parse_units(units), None
-    if ranking_file:
-        ranking = UnitRanking.load(ranking_file)
-        return ranking.top(top), ranking
-    if run_dir:
-        ranking = rank_by_iou(_dissection_for(run_dir, layer), concept, layer=layer)
-        say(f"top-{top} units of {layer} by IoU with {concept!r} from {run_dir}")
-        return ranking.top(top), ranking
-    raise UsageError("choose units: --units 3,17,41, or --ranking ranking.json (from 'gdx optimize'), or --run RUN_DIR")
+    def no_source() -> Dissection:
+        raise UsageError("choose units: --units 3,17,41, or --ranking ranking.json (from 'gdx optimize'), "
+                         "or --run RUN_DIR")
+
+    chosen, name = _ace_units(layer, concept, units, ranking_file, run_dir, top, no_source)
+    say(f"{len(chosen)} units of {layer} for {concept!r} by {name}")
+    return chosen
 
 
 def _out_dir(out: str | None, default: str) -> Path:
@@ -79,15 +75,17 @@ def _say(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _write_curve_png(curve: CumulativeCurve, path: Path, control: CumulativeCurve | None = None) -> None:
+def _write_curve_png(curve: CumulativeCurve, path: Path, control: CumulativeCurve | None = None, *,
+                     ranking: str = "") -> None:
     from gdx.plots import line_chart, write_png
 
     series: dict[str, tuple[Sequence[float], Sequence[float]]] = {"removed": (curve.n, curve.removed)}
     if curve.ace is not None:
         series["ACE"] = (curve.n, curve.ace)
     if control is not None:
-        series["removed (random)"] = (control.n, control.removed)
-    write_png(path, line_chart(series, title=f"{curve.concept}: top-n units of {curve.layer}", xlabel="n units",
+        series["removed (random, mean)"] = (control.n, control.removed)
+    by = f" by {ranking.split(' ')[0]}" if ranking else ""
+    write_png(path, line_chart(series, title=f"{curve.concept}: top-n units{by} of {curve.layer}", xlabel="n units",
                                ylabel="fraction"))
 
 
@@ -109,7 +107,7 @@ def _before_after(generator: Generator, layer: str, units: list[int], value: tor
 common_options = [
     click.option("--layer", default=None, help="Layer (module name). Default: the generator's default layer."),
     click.option("--samples", default=200, show_default=True, type=click.IntRange(min=1)),
-    click.option("--seed", default=0, show_default=True, type=int),
+    click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1)),
     click.option("--batch-size", default=None, type=click.IntRange(min=1)),
     click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder."),
 ]
@@ -126,7 +124,8 @@ unit_options = [
     click.option("--ranking", "ranking_file", default=None, type=click.Path(exists=True, dir_okay=False),
                  help="A ranking.json from 'gdx optimize'; its top --top units are used."),
     click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
-                 help="A 'gdx run' folder: use the top --top units by IoU."),
+                 help="A 'gdx run' folder: the top --top units of its saved alpha/ACE ranking for the concept "
+                      "(from 'gdx optimize --run'), else by IoU."),
     click.option("--top", default=20, show_default=True, type=click.IntRange(min=1)),
 ]
 
@@ -137,44 +136,125 @@ def with_units(fn: F) -> F:
     return fn
 
 
+#: Points of the default cumulative curve (clipped to --top, which is always included).
+CURVE_POINTS = (1, 2, 5, 10, 20)
+
+
+def _curve_points(text: str, top: int) -> list[int]:
+    if text.strip().lower() == "all":
+        return list(range(1, top + 1))
+    try:
+        points = {int(t) for t in text.replace(" ", "").split(",") if t}
+    except ValueError:
+        raise UsageError(f"--curve-points {text!r}: expected 'all' or comma-separated unit counts, e.g. 1,5,20") from None
+    return sorted({n for n in points if 1 <= n < top} | {top})
+
+
+def _ace_units(layer: str, concept: str, units: str | None, ranking_file: str | None, run_dir: str | None,
+               top: int, quick: Callable[[], Dissection]) -> tuple[list[int], str]:
+    """(units, the ranking's name as printed): --units; a --ranking file; the run folder's saved
+    causal ranking (alpha, then ACE) for this concept and layer; else the IoU ranking of the run's
+    dissection, or of a cached quick dissection when there is no run."""
+    from gdx.causal import UnitRanking, rank_by_iou
+    from gdx.paint.models import saved_rankings
+
+    if units:
+        return _parse_units(units), "units given (--units)"
+    if ranking_file:
+        ranking = UnitRanking.load(ranking_file)
+        return ranking.top(top), f"{ranking.method} ranking from {ranking_file}"
+    if run_dir:
+        method, ranked = saved_rankings(Path(run_dir), layer).get(concept, ("iou", []))
+        if method != "iou" and ranked:
+            return ranked[:top], f"{method} ranking saved in {run_dir}"
+        return rank_by_iou(_dissection_for(run_dir, layer), concept, layer=layer).top(top), f"IoU ranking of {run_dir}"
+    return rank_by_iou(quick(), concept, layer=layer).top(top), "IoU ranking of a quick 300-sample dissection"
+
+
 @click.command()
 @with_common
 @with_units
 @click.option("--concept", required=True, help="Concept (a segmenter label).")
-@click.option("--curve/--no-curve", default=True, show_default=True, help="Also the cumulative curve for n = 1..top.")
+@click.option("--curve/--no-curve", default=True, show_default=True,
+              help="Also the cumulative removal curve at --curve-points.")
+@click.option("--curve-points", default=",".join(map(str, CURVE_POINTS)), show_default=True,
+              help="Unit counts of the curve (removal only; one ablation pass each), or 'all' for 1..top with ACE.")
+@click.option("--random-draws", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="Draws of random units for the control (its mean and spread are reported).")
 @friendly_errors
 def ace(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
         device: str | None, layer: str | None, samples: int, seed: int, batch_size: int | None,
         out: str | None, units: str | None, ranking_file: str | None, run_dir: str | None, top: int,
-        concept: str, curve: bool) -> None:
-    """Causal effect of units on a concept: removed, added, ACE (SPEC §2)."""
-    from gdx.causal import EffectRunner, cumulative_effect, random_units
+        concept: str, curve: bool, curve_points: str, random_draws: int) -> None:
+    """Causal effect of units on a concept: removed, added, ACE, against random units (docs/method.md, "ACE").
 
-    gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
+    Units: --units, a --ranking file, the alpha ranking saved in the --run folder (from
+    'gdx optimize --run DIR'), else the IoU ranking of the run's (or a quick) dissection.
+    Correlated units are not always causal ones: the output names the ranking used.
+    """
+    import json
+    import statistics
+
+    from gdx.causal import CumulativeCurve, EffectRunner, cumulative_effect, random_units
+    from gdx.cli.options import build_models
+
+    models = build_models(gen, seg, gen_opts, seg_opts, device)
+    gen_name, generator, segmenter = models.generator_spec.name, models.generator, models.segmenter
     layer = _layer(generator, layer)
-    chosen, ranking = _choose_units(layer, concept, units, ranking_file, run_dir, top, _say)
+
+    def quick() -> Dissection:
+        from gdx.paint.models import quick_dissection
+        from gdx.runs import RunFolder
+
+        path = quick_dissection(models.generator_spec, models.segmenter_spec, layer, samples=300,
+                                log=lambda m: _say(f"no --run given: {m}"))
+        return RunFolder(path).dissection(layer)
+
+    chosen, ranking_name = _ace_units(layer, concept, units, ranking_file, run_dir, top, quick)
     folder = _out_dir(out, f"ace-{gen_name}-{concept}")
     runner = EffectRunner(generator, segmenter, layer, concept, samples=samples, seed=seed, batch_size=batch_size)
     eff = runner.effect(chosen)
     eff.save(folder / "effect.json")
-    click.echo(f"{concept} / {layer} units {chosen}: removed {eff.removed:.3f}, added {eff.added:+.3f}, "
-               f"ACE {eff.ace:+.3f} ({int(eff.contains.sum())}/{samples} samples contain {concept})")
+    click.echo(f"{concept} / {layer}, {len(chosen)} units by {ranking_name}: {chosen}")
+    click.echo(f"  removed {eff.removed:.3f}, added {eff.added:+.3f}, ACE {eff.ace:+.3f} "
+               f"({int(eff.contains.sum())}/{samples} samples contain {concept})")
+    n_units = int(runner.n_units or len(chosen))
+    draws = [random_units(n_units, len(chosen), seed=seed + 1 + d) for d in range(random_draws)]
+    control = [runner.effect(u, insert=False).removed for u in draws]
+    mean = statistics.fmean(control)
+    sd = statistics.stdev(control) if len(control) > 1 else 0.0
+    verdict = "above" if eff.removed > mean else "NOT above"
+    click.echo(f"  random control ({len(chosen)} random units, {random_draws} draws): removed mean {mean:.3f} "
+               f"± {sd:.3f} sd (range {min(control):.3f}..{max(control):.3f}); the ranked units are {verdict} it")
+    if ranking_name.startswith("IoU"):
+        click.echo(f"  note: the IoU ranking is correlational; for the causal (alpha) ranking run "
+                   f"'gdx optimize --concept {concept} --run RUN_DIR' once, then 'gdx ace --run RUN_DIR' uses it")
     if eff.side_effects:
         worst = sorted(eff.side_effects.items(), key=lambda kv: -abs(kv[1]))[:5]
-        click.echo("side effects (relative change under ablation): " + ", ".join(f"{k} {v:+.2f}" for k, v in worst))
+        click.echo("  side effects (relative change under ablation): " + ", ".join(f"{k} {v:+.2f}" for k, v in worst))
     from gdx.plots import image_grid, write_png
 
     write_png(folder / "before_after.png", image_grid(_before_after(generator, layer, chosen, runner.value, 6, seed)))
+    summary = {"kind": "ace_summary", "layer": layer, "concept": concept, "units": chosen, "ranking": ranking_name,
+               "removed": eff.removed, "added": eff.added, "ace": eff.ace, "samples": samples, "seed": seed,
+               "random_control": {"draws": draws, "removed": control, "mean": mean, "sd": sd}}
     if curve and len(chosen) > 1:
-        c = cumulative_effect(generator, segmenter, layer, chosen, concept, n_max=len(chosen), samples=samples,
-                              seed=seed, batch_size=batch_size)
-        n_units = int(runner.n_units or len(chosen))
-        ctl = cumulative_effect(generator, segmenter, layer, random_units(n_units, len(chosen), seed=seed + 1),
-                                concept, n_max=len(chosen), samples=samples, seed=seed, batch_size=batch_size,
-                                insert=False)
+        points = _curve_points(curve_points, len(chosen))
+        if curve_points.strip().lower() == "all":
+            c = cumulative_effect(generator, segmenter, layer, chosen, concept, n_max=len(chosen), samples=samples,
+                                  seed=seed, batch_size=batch_size)
+        else:
+            removed = [eff.removed if n == len(chosen) else runner.effect(chosen[:n], insert=False).removed
+                       for n in points]
+            c = CumulativeCurve(layer=layer, concept=runner.concept, units=chosen, n=points, removed=removed,
+                                added=None, ace=None, samples=samples, seed=seed)
         c.save(folder / "curve.json")
-        ctl.save(folder / "curve_random.json")
-        _write_curve_png(c, folder / "curve.png", ctl)
+        ctl = CumulativeCurve(layer=layer, concept=runner.concept, units=draws[0], n=[len(chosen)], removed=[mean],
+                              added=None, ace=None, samples=samples, seed=seed)
+        _write_curve_png(c, folder / "curve.png", ctl, ranking=ranking_name)
+        summary["curve"] = {"n": c.n, "removed": c.removed}
+        click.echo("  curve (removed by the top n): " + ", ".join(f"n={n} {r:.3f}" for n, r in zip(c.n, c.removed)))
+    (folder / "ace.json").write_text(json.dumps(summary, indent=1))
     click.echo(f"wrote {folder}", err=True)
 
 
@@ -193,7 +273,11 @@ def optimize(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_op
              device: str | None, layer: str | None, samples: int, seed: int, batch_size: int | None,
              out: str | None, concept: str, epochs: int, lr: float, lam: float, run_dir: str | None,
              top: int, curve: bool) -> None:
-    """Learn the soft unit mask alpha that best removes/inserts a concept (SPEC §2)."""
+    """Learn the soft unit mask alpha that best removes/inserts a concept (docs/method.md, "alpha").
+
+    With --run (and no --out) the ranking is saved in the run folder, where 'gdx ace --run'
+    and 'gdx paint --run' use it.
+    """
     from gdx.causal import cumulative_effect, optimize_units
 
     gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
@@ -201,7 +285,9 @@ def optimize(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_op
     init = _dissection_for(run_dir, layer) if run_dir else None
     ranking = optimize_units(generator, segmenter, layer, concept, samples=samples, seed=seed, epochs=epochs, lr=lr,
                              lam=lam, init=init, batch_size=batch_size)
-    folder = _out_dir(out, f"optimize-{gen_name}-{concept}")
+    # with --run, the ranking goes into the run folder, where 'gdx ace/locate/paint --run' find it
+    folder = Path(run_dir) / f"optimize-{concept}" if run_dir and not out else _out_dir(out, f"optimize-{gen_name}-{concept}")
+    folder.mkdir(parents=True, exist_ok=True)
     ranking.save(folder / "ranking.json")
     click.echo(f"top-{top} units of {layer} for {concept!r} by alpha: "
                + ", ".join(f"{u} ({float(ranking.scores[u]):.2f})" for u in ranking.top(top)))
@@ -231,7 +317,7 @@ def locate(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts
 
     gen_name, seg_name, generator, segmenter = load_models(gen, seg, gen_opts, seg_opts, device)
     layer = _layer(generator, layer)
-    chosen, _ = _choose_units(layer, concept, units, ranking_file, run_dir, top, _say)
+    chosen = _choose_units(layer, concept, units, ranking_file, run_dir, top, _say)
     loc = location_map(generator, segmenter, layer, chosen, concept, sample=sample, seed=seed, value_samples=samples,
                        radius=radius, batch_size=batch_size)
     folder = _out_dir(out, f"locate-{gen_name}-{concept}")
@@ -281,7 +367,7 @@ def _load_real(real: str | None, real_scenes: int, size: tuple[int, int]) -> tor
 @click.option("--layer", default=None)
 @click.option("--samples", default=200, show_default=True, type=click.IntRange(min=2), help="Search samples.")
 @click.option("--held-out", default=200, show_default=True, type=click.IntRange(min=2))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--batch-size", default=None, type=click.IntRange(min=1))
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="At most this many units.")
 @click.option("--features", default="segmenter", show_default=True, type=click.Choice(["segmenter", "inception"]),
@@ -296,7 +382,7 @@ def repair(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts
            device: str | None, layer: str | None, samples: int, held_out: int, seed: int,
            batch_size: int | None, top: int, features: str, weights: str | None, real: str | None,
            real_scenes: int, out: str | None) -> None:
-    """Find artifact units: ablating them improves a Fréchet distance to real images (SPEC §3)."""
+    """Find artifact units: ablating them improves a Fréchet distance to real images (docs/method.md, "Repair")."""
     from gdx.plots import image_grid, write_png
     from gdx.plugins.metrics.frechet import FrechetDistance, InceptionFeatures, ModuleFeatures, segmenter_features
     from gdx.repair import find_artifact_units

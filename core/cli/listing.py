@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import click
 
-from gdx.cli.options import build_adapter, format_table, friendly_errors
+from typing import TYPE_CHECKING, Any
+
+from gdx.cli.options import adapter_spec, format_table, friendly_errors
 from gdx.hookspecs import hookimpl
-from gdx.manager import default_registry, describe_default
+from gdx.manager import default_registry
+
+if TYPE_CHECKING:
+    from gdx.interfaces import Generator
 
 
 @hookimpl
@@ -23,18 +28,62 @@ def _listing(kind: str, verbose: bool) -> None:
     click.echo(format_table(rows, ["name", "package", "description"]))
     if verbose:
         for name, info in infos.items():
-            opts = info.options()
-            if opts:
-                text = ", ".join(f"{k}={describe_default(p)}" for k, p in opts.items())
-                click.echo(f"\n{name} options: {text}")
+            docs = info.option_docs()
+            if docs:
+                click.echo(f"\n{name} options:")
+                for doc in docs:
+                    click.echo(f"  {doc.line()}")
 
 
-def _describe(kind: str, name: str) -> None:
-    """Print an adapter's description and its options with their defaults."""
+def _describe(kind: str, name: str, given: dict[str, Any] | None = None) -> None:
+    """Print an adapter's description and its options: type, default, description, and the
+    value passed with ``--gen-opt``/``--seg-opt`` where one was."""
     info = default_registry().info(kind, name)
+    given = given or {}
     click.echo(f"{name}: {info.description}")
-    for k, p in info.options().items():
-        click.echo(f"  option {k} = {describe_default(p)}")
+    for doc in info.option_docs():
+        click.echo(f"  option {doc.line(repr(given[doc.name]) if doc.name in given else '')}")
+
+
+def layer_shapes(generator: Generator) -> dict[str, tuple[int, ...]]:
+    """Each layer's output shape for one sample (batch dimension dropped), from one forward."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for lname, module in generator.module.named_modules():
+        if not lname:
+            continue
+
+        def record(_m: Any, _i: Any, output: Any, lname: str = lname) -> None:
+            if isinstance(output, torch.Tensor):
+                shapes.setdefault(lname, tuple(int(d) for d in output.shape[1:]))
+
+        handles.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            generator.generate(generator.sample_latents(1, seed=0).to(generator.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _layer_table(generator: Generator) -> str:
+    shapes = layer_shapes(generator)
+    marks = {generator.default_layer: "default (gdx run)"}
+    if generator.paint_layer and generator.paint_layer != generator.default_layer:
+        marks[generator.paint_layer] = "paint default (gdx paint)"
+    elif generator.paint_layer:
+        marks[generator.paint_layer] = "default (gdx run, gdx paint)"
+    rows = []
+    for lname in generator.layer_names():
+        shape = shapes.get(lname)
+        text = "x".join(map(str, shape)) if shape else "(no tensor output)"
+        if shape and len(shape) == 3:
+            text = f"{shape[0]} units x {shape[1]}x{shape[2]}"
+        rows.append([lname, text, marks.get(lname, "")])
+    return format_table(rows, ["layer", "output (units x h x w)", ""])
 
 
 @click.command()
@@ -60,9 +109,10 @@ def generators(name: str | None, verbose: bool, opts: tuple[str, ...]) -> None:
     if name is None:
         _listing("generator", verbose)
         return
-    _describe("generator", name)
-    generator = build_adapter("generator", name, opts)
-    click.echo("layers: " + ", ".join(generator.layer_names()))
+    spec = adapter_spec("generator", name, opts)
+    _describe("generator", name, spec.options)
+    generator = spec.build("generator")
+    click.echo(_layer_table(generator))
 
 
 @click.command()
@@ -75,8 +125,9 @@ def segmenters(name: str | None, verbose: bool, opts: tuple[str, ...]) -> None:
     if name is None:
         _listing("segmenter", verbose)
         return
-    _describe("segmenter", name)
-    segmenter = build_adapter("segmenter", name, opts)
+    spec = adapter_spec("segmenter", name, opts)
+    _describe("segmenter", name, spec.options)
+    segmenter = spec.build("segmenter")
     click.echo(f"labels ({len(segmenter.labels)}): " + ", ".join(segmenter.labels))
 
 

@@ -10,6 +10,7 @@ third-party plugin cannot break the built-in commands.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -25,6 +26,7 @@ BUILTIN_COMMAND_PLUGINS: tuple[str, ...] = (
     "gdx.cli.intervene",
     "gdx.cli.report",
     "gdx.cli.paint",
+    "gdx.cli.weights",
 )
 
 
@@ -60,6 +62,19 @@ class GdxGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         self.load_commands()
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command, third-party ones too, ends in one line on error (see ``friendly_errors``)."""
+        from gdx.cli.options import DEBUG_ENV, error_line
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV) and not isinstance(exc, GdxError):
+                raise
+            raise click.ClickException(error_line(exc)) from None
 
 
 @click.group(cls=GdxGroup)

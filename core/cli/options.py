@@ -6,7 +6,9 @@ can import them while ``gdx.cli`` imports those modules to attach their commands
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import click
 
 
-from gdx.errors import GdxError, UsageError
+from gdx.errors import DeviceError, GdxError, UsageError
 from gdx.interfaces import Generator, Segmenter
 from gdx.manager import AdapterInfo, default_registry, parse_options
 from gdx.runs import AdapterSpec
@@ -56,17 +58,117 @@ def cli_message(message: str) -> str:
     return re.sub(r"--(gen|seg)-opt `([^`]+)`", r"--\1-opt \2", message)
 
 
+#: Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
+DEBUG_ENV = "GDX_DEBUG"
+
+#: What to do about an OSError, by errno.
+_OS_FIXES: dict[int, str] = {
+    errno.ENOSPC: "the disk is full: free some space or choose a folder on another disk (--out)",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another folder (--out)",
+    errno.EROFS: "the file system is read-only: choose a folder you can write (--out)",
+    errno.EACCES: "permission denied: choose a folder you may write, or fix its permissions",
+    errno.EPERM: "not permitted: choose a folder you may write, or fix its permissions",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path or option value",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "a folder stands where a file is expected: check the path",
+    errno.EEXIST: "something is already there: choose another path",
+    errno.EIO: "an input/output error (a damaged disk or a network folder gone): check the disk",
+}
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line the CLI prints for an exception that reached a command's top (long values cut)."""
+    return re.sub(r"\S{160,}", lambda m: f"{m.group(0)[:60]}...({len(m.group(0))} characters)", _error_text(exc))
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, GdxError):
+        return cli_message(str(exc))
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = exc.filename if exc.filename is not None else ""
+        fix = _OS_FIXES.get(exc.errno, f"{exc.strerror or os.strerror(exc.errno)}: check the path and the disk")
+        return f"{_short(where)}: {fix}" if where else fix
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower --samples or --batch-size, or use a machine with more memory"
+    if isinstance(exc, RecursionError):
+        return "an input nests too deeply to read (a damaged or hostile file?): check the files you passed"
+    return (f"unexpected error ({type(exc).__name__}: {_short(str(exc))}); this is a bug in gdx or a plugin. "
+            f"Run again with {DEBUG_ENV}=1 for the traceback.")
+
+
+def _short(text: object, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} characters)"
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn gdx's own errors into ``click.ClickException`` (one line, exit 1), in CLI words."""
+    """Turn every error that reaches a command into ``click.ClickException``: one line, exit 1.
+
+    gdx's own errors are put in CLI words; an ``OSError`` names the file and what to do; an
+    unexpected exception (a bug) says so and how to see its traceback (``GDX_DEBUG=1``).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except GdxError as exc:
-            raise click.ClickException(cli_message(str(exc))) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV) and not isinstance(exc, GdxError):
+                raise
+            raise click.ClickException(error_line(exc)) from None
 
     return wrapper
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine has (``cpu``, each ``cuda:N``, ``mps``)."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine (None when it can), listing what it has."""
+    import torch
+
+    have = ", ".join(available_devices())
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return f"{_short(device, 60)!r} is not a torch device; this machine has: {have}"
+    name = parsed.type if parsed.index is None else f"{parsed.type}:{parsed.index}"
+    if parsed.type == "cpu":
+        ok = parsed.index in (None, 0)
+    elif parsed.type == "cuda" and parsed.index is None:
+        ok = "cuda:0" in available_devices()
+    else:
+        ok = name in available_devices()
+    return None if ok else f"{device!r}: this machine has no such device; it has: {have}"
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` if it names a torch device this machine has, else :class:`DeviceError` listing them."""
+    if device is not None:
+        problem = device_problem(device)
+        if problem:
+            raise DeviceError(f"--device {problem}")
+    return device
+
+
+def _device_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    problem = None if value is None else device_problem(value)
+    if problem:
+        raise click.BadParameter(problem)
+    return value
 
 
 def first_registered(kind: str, preferred: tuple[str, ...]) -> str:
@@ -107,7 +209,8 @@ def model_options(fn: F) -> F:
         click.option("--seg", "seg", default=None, help="Registered segmenter (see 'gdx segmenters')."),
         click.option("--gen-opt", "gen_opts", multiple=True, metavar="KEY=VALUE", help="Generator option, repeatable."),
         click.option("--seg-opt", "seg_opts", multiple=True, metavar="KEY=VALUE", help="Segmenter option, repeatable."),
-        click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: where the model is)."),
+        click.option("--device", default=None, callback=_device_callback,
+                     help="torch device, e.g. cpu or cuda:0 (default: where the model is); checked against this machine's."),
     ]
     for deco in reversed(decorators):
         fn = deco(fn)

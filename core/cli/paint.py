@@ -20,11 +20,13 @@ from gdx.hookspecs import hookimpl
 @click.option("--seg-opt", "seg_opts", multiple=True, metavar="KEY=VALUE", help="Segmenter option, repeatable.")
 @click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="A 'gdx run' folder to take the generator and the unit ranking from.")
-@click.option("--layer", default=None, help="Layer to paint on (default: the run's first layer / the generator's default).")
+@click.option("--layer", default=None,
+              help="Layer to paint on (default: the generator's paint layer, e.g. layer6 of the scene GAN; "
+                   "with --run, that layer if the run has it, else the run's first layer).")
 @click.option("--samples", default=300, show_default=True, type=click.IntRange(20, 100000),
               help="Samples for the startup dissection when no --run is given (cached).")
 @click.option("--iou-min", default=None, type=click.FloatRange(0, 1),
-              help="IoU a unit needs to be painted with for a concept (default: the dissection's cut-off, 0.05).")
+              help="IoU a unit needs to be painted with for a concept (default: 0.02, the paint floor; docs/paint.md).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 exposes it to the network).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
@@ -32,7 +34,7 @@ from gdx.hookspecs import hookimpl
 def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
           run_dir: str | None, layer: str | None, samples: int, iou_min: float | None, host: str, port: int,
           open_browser: bool) -> None:
-    """Start GANPaint: brush concepts into generated images (SPEC §4)."""
+    """Start GANPaint: brush concepts into generated images (docs/method.md, "GANPaint")."""
     try:
         import uvicorn
 
@@ -71,7 +73,9 @@ def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts:
         import webbrowser
 
         webbrowser.open(url)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+    from gdx.paint.server import allowed_hosts
+
+    uvicorn.run(create_app(engine, hosts=allowed_hosts(host)), host=host, port=port, log_level="warning")
 
 
 @hookimpl

@@ -14,10 +14,11 @@ from gdx.hookspecs import hookimpl
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Output folder (default RUN_DIR/report).")
 @click.option("--top-k", default=8, show_default=True, type=click.IntRange(1, 100), help="Samples per unit strip.")
-@click.option("--image-size", default=None, type=click.IntRange(16, 512), help="Tile edge in pixels (default: image size, at most 128).")
+@click.option("--image-size", default=None, type=click.IntRange(16, 512), help="Tile edge in pixels (default: 96-128 px, narrower when --top-k tiles would not fit a 1400 px window).")
 @click.option("--no-images", is_flag=True, help="Skip regenerating samples (tables and charts only).")
+@click.option("--overlay", is_flag=True, help="Also tint, in each tile, where the run's segmenter finds the unit's label.")
 @friendly_errors
-def report(run_dir: str, out: str | None, top_k: int, image_size: int | None, no_images: bool) -> None:
+def report(run_dir: str, out: str | None, top_k: int, image_size: int | None, no_images: bool, overlay: bool) -> None:
     """Write a static HTML report of RUN_DIR (a 'gdx run --out' folder); opens offline."""
     import torch
 
@@ -27,7 +28,7 @@ def report(run_dir: str, out: str | None, top_k: int, image_size: int | None, no
     # (click's CliRunner, tools embedding gdx), where a global switch would leak.
     with torch.no_grad():
         index = write_report(run_dir, out, top_k=top_k, image_size=image_size, images=not no_images,
-                             progress=lambda msg: click.echo(msg, err=True))
+                             overlay=overlay, progress=lambda msg: click.echo(msg, err=True))
     click.echo(str(index))
 
 

@@ -1,4 +1,4 @@
-"""GANPaint: paint concepts into generated images by editing dissected units (SPEC §4).
+"""GANPaint: paint concepts into generated images by editing dissected units (docs/method.md, "GANPaint").
 
 >>> from gdx.paint import engine_from_run, create_app
 >>> app = create_app(engine_from_run("runs/scene-scene"))     # serve with uvicorn

@@ -28,14 +28,16 @@ def cache_root() -> Path:
 def quick_dissection(generator: AdapterSpec, segmenter: AdapterSpec, layer: str | None, *, samples: int,
                      seed: int = 0, log: Callable[[str], None] | None = None) -> Path:
     """A cached ``gdx run``-style folder for this pair; dissected now if not cached yet."""
-    key = json.dumps([generator.name, segmenter.name, generator.to_json(), segmenter.to_json(), layer, samples, seed],
-                     sort_keys=True)
+    # without a layer the generator's paint layer is used: a key of its own, so a folder cached
+    # when the default was the run layer is not reused for it
+    key = json.dumps([generator.name, segmenter.name, generator.to_json(), segmenter.to_json(),
+                      layer or "<paint layer>", samples, seed], sort_keys=True)
     folder = RunFolder(cache_root() / f"{generator.name}-{segmenter.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
     if folder.state() == "finished":
         return folder.path
     gen = generator.build("generator")
     seg = segmenter.build("segmenter")
-    [layer] = choose_layers(gen, [layer] if layer else None)
+    [layer] = choose_layers(gen, [layer or gen.paint_layer] if (layer or gen.paint_layer) else None)
     if log:
         log(f"dissecting {generator.name}:{layer} with {segmenter.name} on {samples} samples (cached in {folder.path})")
     result = dissect(gen, seg, layer, samples=samples, seed=seed, progress=False)
@@ -67,13 +69,17 @@ def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator:
     """A :class:`PaintEngine` for ``layer`` of the run in ``run_dir`` (generator rebuilt from run.json).
 
     Concepts with a unit ranking saved in the run folder (e.g. the learned alpha of
-    ``gdx.optimize_units``) use it; the others use the dissection's IoU ranking.
+    ``gdx.optimize_units``) use it; the others use the dissection's IoU ranking. Without
+    ``layer``: the generator's ``paint_layer`` when the run dissected it, else the run's
+    first layer.
     """
     folder = RunFolder(run_dir)
     manifest = folder.manifest()
-    layer = folder.layer(layer)
-    dissection = folder.dissection(layer)
     if generator is None:
         generator = manifest.generator.build("generator")
+    if layer is None and generator.paint_layer in manifest.layers:
+        layer = generator.paint_layer
+    layer = folder.layer(layer)
+    dissection = folder.dissection(layer)
     return PaintEngine.build(generator, dissection, samples=quantile_samples, seed=manifest.seed,
                              rankings=saved_rankings(folder.path, layer), iou_min=iou_min)

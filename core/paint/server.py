@@ -178,11 +178,42 @@ def _static_text(name: str) -> str:
     return resources.files("gdx.paint").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: str = "gdx paint") -> FastAPI:
-    """The FastAPI app serving ``engine`` (run it with uvicorn; see ``gdx paint``)."""
-    app = FastAPI(title=title, version="1", description=__doc__,
+#: Host headers the app answers by default: the loopback names. A page on another site
+#: that rebinds its DNS name to 127.0.0.1 still sends its own name, and gets 400.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def allowed_hosts(host: str | None = None) -> list[str]:
+    """The Host header names to accept for a server bound to ``host`` (the loopback names, plus ``host``)."""
+    names = list(LOCAL_HOSTS)
+    if host and host not in ("0.0.0.0", "::", ""):
+        names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    elif host in ("0.0.0.0", "::"):  # every interface: the machine's own names and addresses
+        import socket
+
+        names += [socket.gethostname(), socket.getfqdn()]
+        try:
+            names += socket.gethostbyname_ex(socket.gethostname())[2]
+        except OSError:
+            pass
+    return list(dict.fromkeys(names))
+
+
+def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: str = "gdx paint",
+               hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine`` (run it with uvicorn; see ``gdx paint``).
+
+    Only requests whose Host header names one of ``hosts`` (default: the loopback names,
+    :func:`allowed_hosts`) are answered (others get 400), against DNS rebinding. The
+    interactive API docs are off (they load from a CDN); ``/openapi.json`` describes the API.
+    """
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    app = FastAPI(title=title, version="1", description=__doc__, docs_url=None, redoc_url=None,
                   summary="GANPaint: paint concepts into generated images by editing dissected units.")
     app.add_middleware(BodyLimit, max_bytes=max_body)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts if hosts is not None else allowed_hosts())
+    app.state.engine = engine  # what the app serves (tests and embedding tools read it)
     generator_name = getattr(engine.generator, "name", type(engine.generator).__name__)
 
     @lru_cache(maxsize=256)

@@ -2,7 +2,7 @@
 
 Layout of the output folder::
 
-    index.html       one section per layer: summary, bar chart, causal curves, unit table
+    index.html       one section per layer: summary, bar chart, units per concept, causal curves, unit table
     report.css       style (copied from the package)
     report.js        table sorting / filtering (plain JS, no build step, no CDN)
     <layer>/unit_NNNN.jpg   each unit's top-k samples, region highlighted (lazy-loaded)
@@ -27,7 +27,7 @@ from typing import Any
 from gdx.errors import ResultFormatError, RunFolderError, SettingsError
 from gdx.causal.saved import CausalResults, find_causal_results
 from gdx.report.samples import StripSpec, render_unit_strips, tile_size
-from gdx.report.svg import bar_chart, line_chart
+from gdx.report.svg import bar_chart, ci_bar, line_chart
 from gdx.results import Dissection
 from gdx.runs import RunFolder, RunManifest
 
@@ -72,19 +72,29 @@ def unit_table(d: Dissection, strips: dict[int, str], folder: str, strip_size: t
     """The sortable, filterable unit table (plain HTML; report.js adds the behaviour)."""
     iou_min = d.settings.iou_min
     has_iqr = any(u.iqr is not None for u in d.unit_labels)
-    head = [("unit", "num"), ("label", "text"), ("category", "text"), ("IoU", "num")]
+    head = [("unit", "num"), ("label", "text"), ("category", "text"), ("IoU", "num"), ("next best", "text")]
     if has_iqr:
         head.append(("IQR", "num"))
     head.append(("threshold", "num"))
+    trusted = d.pvalue is not None
+    significant = set(d.significant()) if trusted else set()
+    if trusted:
+        head += [("95% CI", "text"), ("null IoU", "num"), ("significant", "text")]
     cols = "".join(f'<th data-type="{t}" tabindex="0">{h}</th>' for h, t in head) + "<th>top samples</th>"
     rows = []
     interpretable = {u.unit for u in d.interpretable()}
     for u in sorted(d.unit_labels, key=lambda u: (-u.iou, u.unit)):
         cat = u.category or d.categories.get(u.label, "")
         cells = [str(u.unit), html.escape(u.label), html.escape(cat), _fmt(u.iou)]
+        runners = f'<span class="also">{html.escape(runner_up_text(d, u.unit, u.label))}</span>'
+        cells.append(runners)
         if has_iqr:
             cells.append(_fmt(u.iqr))
         cells.append(_fmt(float(d.thresholds[u.unit])))
+        if trusted:
+            lo, hi = u.iou_ci if u.iou_ci is not None else (u.iou, u.iou)
+            cells += [f'{ci_bar(u.iou, lo, hi, u.null_iou)} <span class="ci-text">{lo:.3f}–{hi:.3f}</span>',
+                      _fmt(u.null_iou), "yes" if u.unit in significant else "no"]
         tds = "".join(f"<td>{c}</td>" for c in cells)
         if u.unit in strips and strip_size:
             w, h = strip_size
@@ -94,14 +104,59 @@ def unit_table(d: Dissection, strips: dict[int, str], folder: str, strip_size: t
         else:
             img = ""
         cls = "interp" if u.unit in interpretable else "weak"
-        rows.append(f'<tr class="{cls}" data-unit="{u.unit}">{tds}<td class="strip-cell">{img}</td></tr>')
+        rows.append(f'<tr class="{cls}" data-unit="{u.unit}" id="{unit_anchor(folder, u.unit)}">{tds}'
+                    f'<td class="strip-cell">{img}</td></tr>')
     controls = (
         '<div class="controls">'
         '<input type="search" class="filter" placeholder="filter by label or category" aria-label="filter units">'
         f'<label><input type="checkbox" class="only-interp" checked> only interpretable (IoU &gt; {iou_min:g})</label>'
         '<span class="count"></span></div>'
     )
-    return (controls + f'<table class="units"><thead><tr>{cols}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return (f'<div class="unit-view">{controls}<table class="units"><thead><tr>{cols}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def unit_anchor(folder: str, unit: int) -> str:
+    """The id of a unit's table row (links from the per-concept view point at it)."""
+    return f"{folder}-unit-{unit}"
+
+
+def runner_up_text(d: Dissection, unit: int, best: str, n: int = 2) -> str:
+    """The unit's next ``n`` concepts after ``best`` by IoU (only those with IoU > 0), e.g. "sky 0.081, grass 0.052"."""
+    col = d.iou[unit]
+    order = sorted(range(len(d.labels)), key=lambda j: (-float(col[j]), j))
+    picked = [(d.labels[j], float(col[j])) for j in order if d.labels[j] != best and float(col[j]) > 0][:n]
+    return ", ".join(f"{name} {v:.3f}" for name, v in picked)
+
+
+def concept_view(d: Dissection, folder: str, limit: int = 12) -> str:
+    """Units of each concept: the interpretable units labelled with it (linked to their rows, best first),
+    and the unit with the highest IoU for it whatever its label. Concepts with no unit above IoU 0 are left out."""
+    interp: dict[str, list[tuple[int, float]]] = {}
+    for u in d.interpretable():
+        interp.setdefault(u.label, []).append((u.unit, u.iou))
+    rows = []
+    for j, concept in enumerate(d.labels):
+        col = d.iou[:, j]
+        best = int(col.argmax()) if d.units else 0
+        if d.units == 0 or float(col[best]) <= 0:
+            continue
+        units = interp.get(concept, [])
+        links = ", ".join(f'<a href="#{unit_anchor(folder, u)}">{u}</a> ({v:.3f})' for u, v in units[:limit])
+        if len(units) > limit:
+            links += f" and {len(units) - limit} more"
+        cells = [html.escape(concept), html.escape(d.categories.get(concept, "")), str(len(units)), links,
+                 f'<a href="#{unit_anchor(folder, best)}">{best}</a> ({float(col[best]):.3f})']
+        rows.append((-len(units), -float(col[best]), "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"))
+    if not rows:
+        return ""
+    body = "".join(r for *_, r in sorted(rows, key=lambda r: (r[0], r[1])))
+    head = ('<th data-type="text" tabindex="0">concept</th><th data-type="text" tabindex="0">category</th>'
+            '<th data-type="num" tabindex="0">units</th><th>interpretable units (IoU)</th>'
+            '<th data-type="num" tabindex="0">highest-IoU unit</th>')
+    opened = " open" if len(rows) <= 30 else ""  # a long vocabulary starts folded
+    return (f'<details class="concept-view"{opened}><summary>Units per concept ({len(rows)} concepts)</summary>'
+            f'<table class="concepts"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></details>')
 
 
 def causal_section(results: CausalResults | None) -> str:
@@ -143,16 +198,27 @@ def causal_section(results: CausalResults | None) -> str:
     for t in results.tables:
         table_rows = "".join(
             f"<tr><td>{html.escape(str(r.get('concept')))}</td><td>{_fmt(r.get('removed'), 2)}</td>"
-            f"<td>{_fmt(r.get('random_removed'), 2)}</td><td>{_fmt(r.get('side_effect'), 2)}</td></tr>"
+            f"<td>{_fmt(r.get('random_removed'), 2)}</td><td>{side_effect_text(r)}</td></tr>"
             for r in t.get("rows", [])
         )
         parts.append(
             f'<div class="concept-effects"><h4>removal by top-{t.get("top")} ({html.escape(str(t.get("method")))})</h4>'
-            '<table class="effects"><thead><tr><th>concept</th><th>removed</th><th>random</th><th>side effect</th>'
+            '<table class="effects"><thead><tr><th>concept</th><th>removed</th><th>random</th><th>side effect (concept)</th>'
             f"</tr></thead><tbody>{table_rows}</tbody></table></div>"
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def side_effect_text(row: dict[str, Any]) -> str:
+    """A removal row's side effect with the concept it is of, e.g. "-0.12 (sky)"."""
+    value = row.get("side_effect")
+    if value is None:
+        return ""
+    side = row.get("side_effects") or {}
+    named = [k for k, v in side.items() if k != row.get("concept") and v is not None and abs(float(v) - float(value)) < 1e-9]
+    name = f" ({html.escape(str(named[0]))})" if named and float(value) != 0 else ""
+    return f"{_fmt(value, 2)}{name}"
 
 
 def page(title: str, body: str) -> str:
@@ -181,12 +247,17 @@ def write_report(
     images: bool = True,
     generator: Any = None,
     progress: Callable[[str], None] | None = None,
+    overlay: bool = False,
+    segmenter: Any = None,
 ) -> Path:
     """Write the HTML report of the run in ``run_dir`` to ``out_dir`` (default ``run_dir/report``).
 
     ``top_k`` samples per unit are regenerated (from ``run.json``: the generator is
     rebuilt with its options, or pass ``generator``) and shown with the unit's
-    thresholded region highlighted; ``images=False`` skips them. Intervention results
+    thresholded region highlighted; ``images=False`` skips them. ``overlay=True`` also
+    tints, in each tile, the pixels the run's segmenter (rebuilt from ``run.json``, or
+    pass ``segmenter``) gives the unit's concept. Tiles are ``image_size`` px, else
+    sized by :func:`gdx.report.samples.tile_size`. Intervention results
     (JSON files of :mod:`gdx.causal`) anywhere under ``run_dir`` add per-concept ACE
     values and cumulative curves. Returns the path of ``index.html``.
 
@@ -201,6 +272,10 @@ def write_report(
     gen = generator
     if images and gen is None:
         gen = run.manifest.generator.build("generator")
+    seg = segmenter
+    if images and overlay and seg is None:
+        seg = run.manifest.segmenter.build("segmenter")
+        seg.to(gen.device)
     sections, nav = [], []
     for d in run.dissections:
         folder = safe_name(d.layer)
@@ -210,24 +285,30 @@ def write_report(
             if progress:
                 progress(f"rendering top-{top_k} samples of {d.units} units of {d.layer}")
             probe = gen.generate(gen.sample_latents(1, seed=d.settings.seed).to(gen.device))
-            tile = tile_size(tuple(probe.shape[-2:]), image_size)
             k = min(top_k, int(d.top_indices.shape[1]))
+            tile = tile_size(tuple(probe.shape[-2:]), image_size, k)
             target = out / folder
             if target.exists():
                 shutil.rmtree(target)
-            strips = render_unit_strips(gen, d, StripSpec(target, k, tile))
+            strips = render_unit_strips(gen, d, StripSpec(target, k, tile), segmenter=seg if overlay else None)
             strip_size = (k * (tile + 2) - 2, tile)
         s = d.summary()
+        key = ('<p class="overlay-note">Tiles: the unit\'s region is outlined in yellow (outside it is dimmed); '
+               "where the segmenter finds the unit's label is tinted blue.</p>") if strips and overlay else ""
         anchor = f"layer-{folder}"
         nav.append(f'<a href="#{anchor}">{html.escape(d.layer)} ({s.interpretable}/{s.units})</a>')
         cats = ", ".join(f"{html.escape(k)} {v}" for k, v in s.per_category.items()) or "none"
         sections.append(
             f'<section class="layer" id="{anchor}"><h2>{html.escape(d.layer)}</h2>'
             f'<p class="settings">{_settings_line(d)}</p>'
-            f"<p><b>{s.interpretable}</b> of {s.units} units are interpretable (IoU &gt; {d.settings.iou_min:g}): {cats}</p>"
-            f'<div class="chart">{bar_chart(s.per_concept, d.categories, title=f"interpretable units of {d.layer}")}</div>'
+            f"<p><b>{s.interpretable}</b> of {s.units} units are interpretable (IoU &gt; {d.settings.iou_min:g}): {cats}"
+            + ("" if s.significant is None else
+               f"; <b>{s.significant}</b> significant against the spatial-prior null (FDR {s.fdr:g}, inner dark bars)")
+            + (f" &mdash; <b>control: {html.escape(d.settings.control)}</b>" if d.settings.control else "") + "</p>"
+            f'<div class="chart">{bar_chart(s.per_concept, d.categories, title=f"interpretable units of {d.layer}", significant=s.significant_per_concept if s.significant is not None else None)}</div>'
+            f"{concept_view(d, folder)}"
             f"{causal_section(causal.get(d.layer))}"
-            f"<h3>Units</h3>{unit_table(d, strips, folder, strip_size)}</section>"
+            f"<h3>Units</h3>{key}{unit_table(d, strips, folder, strip_size)}</section>"
         )
     m = run.manifest
     title = f"gdx dissection: {m.generator.name} / {m.segmenter.name}"
@@ -276,8 +357,10 @@ def write_compare(a: str | Path, b: str | Path, out_dir: str | Path) -> Path:
         d, s = side.dissection, side.dissection.summary()
         cols.append(
             f'<div class="side"><h2>{html.escape(side.name)}</h2><p class="settings">{_settings_line(d)}</p>'
-            f"<p><b>{s.interpretable}</b> of {s.units} units interpretable</p>"
-            f'<div class="chart">{bar_chart(s.per_concept, d.categories, title=side.name)}</div></div>'
+            f"<p><b>{s.interpretable}</b> of {s.units} units interpretable"
+            + ("" if s.significant is None else f", <b>{s.significant}</b> significant vs the spatial-prior null")
+            + (f" (control: {html.escape(d.settings.control)})" if d.settings.control else "") + "</p>"
+            f'<div class="chart">{bar_chart(s.per_concept, d.categories, title=side.name, significant=s.significant_per_concept if s.significant is not None else None)}</div></div>'
         )
     concepts = sorted(set(left.dissection.labels) | set(right.dissection.labels))
     rows = []
@@ -290,9 +373,11 @@ def write_compare(a: str | Path, b: str | Path, out_dir: str | Path) -> Path:
             if c in d.labels:
                 col = d.iou[:, d.labels.index(c)]
                 best = int(col.argmax())
-                n = d.summary().per_concept.get(c, 0)
+                summ = d.summary()
+                n = summ.per_concept.get(c, 0)
                 signal = max(signal, n, float(col[best]))
-                cells += [str(n), f"{float(col[best]):.3f} (unit {best})"]
+                sig = "" if summ.significant is None else f" ({summ.significant_per_concept.get(c, 0)} significant)"
+                cells += [f"{n}{sig}", f"{float(col[best]):.3f} (unit {best})"]
             else:
                 cells += ["", ""]
         if signal > 0:

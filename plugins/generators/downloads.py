@@ -16,6 +16,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +24,27 @@ from gdx.errors import CheckpointError
 
 #: Seconds to wait for a server before calling a link dead.
 TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A published checkpoint an adapter knows by name (what ``gdx weights`` lists).
+
+    ``size`` (as the publisher states it) and ``sha256`` are ``None`` where they are not
+    known (never guessed); ``sha256_prefix`` is a known leading part of the hash
+    (torchvision puts one in its file names). ``file`` is the name gdx looks for in
+    :func:`cache_dir` when ``in_cache``, else the file or folder to pass as ``option``.
+    """
+
+    adapter: str
+    name: str
+    file: str
+    option: str
+    note: str = ""
+    size: str | None = None
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    in_cache: bool = True
 
 
 def cache_dir() -> Path:

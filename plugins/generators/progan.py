@@ -33,7 +33,7 @@ import torch
 import gdx
 from gdx.checkpoints import existing_file, load_torch_file
 from gdx.errors import CheckpointError
-from gdx.plugins.generators.downloads import cache_dir, fetch, sha256_of
+from gdx.plugins.generators.downloads import KnownWeights, cache_dir, fetch, sha256_of
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator, sizes_from_state_dict
 from gdx.plugins.generators.sniff import describe_keys
 from gdx.hookspecs import Register
@@ -62,20 +62,36 @@ WHAT = "progan weights"
 
 def resolve_weights(weights: str, *, base_url: str | None = None, sha256: str | None = None,
                     download: bool = True) -> Path:
-    """The local file for ``weights``: an existing path, or a known name (fetched if needed)."""
+    """The local file for ``weights``: an existing path, or a known name (fetched if needed).
+
+    An existing file is always used as it is, whatever its name. A value that looks
+    like a path (a folder part, or ending in ``.pth``/``.pt``) is never downloaded: a
+    bare known file name (``churchoutdoor_lsun.pth``) that is not in the current folder
+    is looked up in the weights cache, anything else must exist. Only a bare known
+    name (``churchoutdoor``) is fetched from ``base_url`` when it is not cached.
+    """
     name = weights.strip()
+    given = Path(name).expanduser()
     key = name.lower().removesuffix("_lsun.pth").removesuffix("_lsun")
     looks_like_path = os.sep in name or "/" in name or name.endswith((".pth", ".pt"))
-    if key in KNOWN_MODELS and not Path(name).expanduser().exists():
+    if given.exists():
+        path = existing_file(name, what=WHAT)
+        _check_sha256(path, sha256)
+        return path
+    if key in KNOWN_MODELS and given.parent == Path("."):
         filename = f"{key}_lsun.pth"
         dest = cache_dir() / filename
-        checksum = sha256 or KNOWN_SHA256.get(filename)
         if dest.exists():
-            if sha256 is not None and sha256_of(dest).lower() != sha256.lower():
-                raise CheckpointError(
-                    f"{WHAT}: {dest} does not match sha256={sha256}; delete it and download again."
-                )
+            _check_sha256(dest, sha256)
             return dest
+        if looks_like_path:
+            raise CheckpointError(
+                f"{WHAT}: there is no file {name} in the current folder ({Path.cwd()}) nor at {dest}. "
+                f"A file name is used as a path and never downloaded: put the file in one of those places "
+                f"(`gdx weights` lists the known files), pass its full path as the generator option "
+                f"`weights=...`, or pass `weights={key}` to download it from a mirror (the generator "
+                f"option `base_url=...`)."
+            )
         base = base_url or os.environ.get("GDX_PROGAN_URL") or DEFAULT_BASE_URL
         if not download:
             raise CheckpointError(
@@ -83,13 +99,31 @@ def resolve_weights(weights: str, *, base_url: str | None = None, sha256: str | 
                 f"(or pass the generator option `download=true` with the generator option `base_url=<mirror>`)."
             )
         url = base.rstrip("/") + "/" + filename
-        return fetch(url, dest, sha256=checksum, what=WHAT)
-    if not looks_like_path and not Path(name).expanduser().exists():
+        return fetch(url, dest, sha256=sha256 or KNOWN_SHA256.get(filename), what=WHAT)
+    if not looks_like_path:
         raise CheckpointError(
             f"{WHAT}: {name!r} is neither a file nor a known model. Known names: "
             f"{', '.join(KNOWN_MODELS)}; or pass the path of a .pth file."
         )
     return existing_file(name, what=WHAT)
+
+
+def _check_sha256(path: Path, sha256: str | None) -> None:
+    if sha256 is not None and sha256_of(path).lower() != sha256.lower():
+        raise CheckpointError(f"{WHAT}: {path} does not match sha256={sha256}; delete it and obtain it again.")
+
+
+def known_weights() -> list[KnownWeights]:
+    """gandissect's published ProGAN checkpoints (LSUN, 256 x 256), for ``gdx weights``."""
+    return [
+        KnownWeights(
+            adapter="progan", name=key, file=f"{key}_lsun.pth", sha256=KNOWN_SHA256.get(f"{key}_lsun.pth"),
+            size=None, option=f"weights={key}",
+            note=("gandissect's ProGAN models (LSUN scenes, 256 px); a short name is downloaded only from a "
+                  "mirror you name (the generator option `base_url=...` or GDX_PROGAN_URL)"),
+        )
+        for key in KNOWN_MODELS
+    ]
 
 
 def progan_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -158,7 +192,15 @@ def build_progan(
     download: bool = True,
     device: str = "cpu",
 ) -> gdx.Generator:
-    """ProGAN (gandissect .pth: path or known LSUN name); layers layer1..layerN."""
+    """ProGAN (gandissect .pth: path or known LSUN name); layers layer1..layerN.
+
+    Args:
+        weights: a .pth file, or a known LSUN name such as churchoutdoor (gdx weights lists them)
+        base_url: where to download known names from when they are not cached
+        sha256: expected SHA-256 of the file (checked before loading)
+        download: allow downloading a known name that is not cached
+        device: torch device to run on (cpu, cuda, cuda:1, ...)
+    """
     path = resolve_weights(weights, base_url=base_url, sha256=sha256, download=download)
     obj = load_torch_file(path, what=WHAT)
     sd = progan_state_dict(obj, source=str(path))

@@ -160,9 +160,20 @@ def _np_scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(bytes(data), dtype=dtype, count=1)[0]
 
 
+#: The largest numpy array a pickle may ask for (StyleGAN snapshots hold arrays of a few MB).
+MAX_ARRAY_BYTES = 1 << 32
+
+
 def _np_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError("numpy array subclass")
+    try:
+        count = int(np.prod([int(x) for x in shape], dtype=np.float64))
+        size = count * np.dtype(dtype).itemsize
+    except (TypeError, ValueError, OverflowError):
+        raise pickle.UnpicklingError("numpy array with a malformed shape or dtype") from None
+    if size > MAX_ARRAY_BYTES:
+        raise pickle.UnpicklingError(f"numpy array of {size} bytes (over {MAX_ARRAY_BYTES}): not a real snapshot")
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
@@ -240,10 +251,12 @@ def load_stylegan_pickle(path: str | os.PathLike[str], *, what: str = "StyleGAN 
             f"{what}: refused {p}: the pickle asks to call {exc}, which is not on gdx's allow-list "
             "of data-only constructors, so nothing from it was run. If the file is a genuine "
             "NVIDIA snapshot, re-export the generator's state dict (torch.save(G.state_dict())) "
-            "in an environment you trust."
+            "in an environment you trust and load that file with the generator option `conv_clamp=256` "
+            "(NVIDIA's pickles use conv_clamp=256, which a state dict does not record)."
         ) from None
-    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError,
-            AttributeError, RuntimeError, OSError) as exc:
+    except CheckpointError:
+        raise
+    except (Exception, RecursionError) as exc:  # noqa: BLE001 - every failure of a hostile or damaged file is one error
         text = str(exc).strip().splitlines()
         raise CheckpointError(
             f"{what}: cannot read {p} ({type(exc).__name__}: {text[0][:200] if text else ''}). "

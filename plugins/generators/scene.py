@@ -27,6 +27,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: units removes more than half of tree, door, dome, cloud and roof (docs/intervention.md).
 #: The VAE decoder's ``layer4`` (8x8) is its own best middle layer.
 DEFAULT_LAYERS = {"scene": "layer5", "scene-vae": "layer4"}
+#: Layer for ``gdx paint``: the GAN's second 16x16 layer, where switching units on draws the
+#: concept (tree, grass, door, cloud and sky all paint there; at layer5 trees and sky barely
+#: do). Measured in docs/paint.md ("Which layer").
+PAINT_LAYERS = {"scene": "layer6"}
 
 
 def _load(weights: str, default_name: str, name: str) -> gdx.Generator:
@@ -39,33 +43,51 @@ def _load(weights: str, default_name: str, name: str) -> gdx.Generator:
             f"{what}: {config_path} (the config beside the weights) is missing; export the model "
             f"again with the training script's --export, which writes both files."
         )
-    config = json.loads(config_path.read_text())
-    module: nn.Module
-    if config.get("arch") == "scene-vae-decoder":
-        from gdx.plugins.scene_arch import SceneVAEDecoder
+    try:
+        config = json.loads(config_path.read_bytes())
+        module: nn.Module
+        if config.get("arch") == "scene-vae-decoder":
+            from gdx.plugins.scene_arch import SceneVAEDecoder
 
-        module = SceneVAEDecoder(int(config["z_dim"]))
-    else:
-        module = ProgressiveGenerator(sizes=[int(s) for s in config["sizes"]])
-    state = {k: v.float() for k, v in load_safetensors_file(path, what=what).items()}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+            module = SceneVAEDecoder(int(config["z_dim"]))
+        else:
+            module = ProgressiveGenerator(sizes=[int(s) for s in config["sizes"]])
+        state = {k: v.float() for k, v in load_safetensors_file(path, what=what).items()}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        latent_shape = tuple(int(x) for x in config["latent_shape"])
+    except gdx.GdxError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{what}: {path} and its config {config_path} do not make a model ({type(exc).__name__}: "
+            f"{str(exc)[:160]}); the config may be damaged: export both files again with the training script's --export."
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{what}: {path} does not match the architecture in {config_path} "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); re-export both files together."
         )
-    gen = gdx.wrap_generator(module.eval(), latent_shape=tuple(config["latent_shape"]), name=name)
+    gen = gdx.wrap_generator(module.eval(), latent_shape=latent_shape, name=name)
     gen.default_layer = DEFAULT_LAYERS[name]
+    gen.paint_layer = PAINT_LAYERS.get(name)
     return gen
 
 
 def build_scene(weights: str = "") -> gdx.Generator:
-    """Bundled 64x64 ProGAN trained on the procedural scene world (sky, tree, door, window...)."""
+    """Bundled 64x64 ProGAN trained on the procedural scene world (sky, tree, door, window...).
+
+    Args:
+        weights: another export of the training script (.safetensors with its .json beside it); default: the bundled one
+    """
     return _load(weights, "scene_gan.safetensors", "scene")
 
 
 def build_scene_vae(weights: str = "") -> gdx.Generator:
-    """Bundled 64x64 VAE decoder trained on the scene world (blurrier than the GAN; units still meaningful)."""
+    """Bundled 64x64 VAE decoder trained on the scene world (blurrier than the GAN; units still meaningful).
+
+    Args:
+        weights: another export of the training script (.safetensors with its .json beside it); default: the bundled one
+    """
     return _load(weights, "scene_vae.safetensors", "scene-vae")
 
 

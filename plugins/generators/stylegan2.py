@@ -23,13 +23,20 @@ Formats:
   rosinality's naming), ``latent_avg`` and optionally ``args`` (an argparse.Namespace,
   allow-listed for the weights-only load). A bare ``g_ema`` state dict also works.
 * **a state dict in NVIDIA's naming** (``torch.save(G.state_dict(), "g.pt")``, the safe
-  re-export of a snapshot); it does not record ``conv_clamp``, so none is applied.
+  re-export of a snapshot); it does not record ``conv_clamp``, so none is applied
+  unless the generator option ``conv_clamp=...`` is given. NVIDIA's pickles use
+  ``conv_clamp=256`` (their training default); pass it to reproduce such a snapshot
+  wherever the clamp binds.
 
 Latents: ``latent="z"`` (default) samples z ~ N(0, 1) in R^z_dim with
 :func:`gdx.seeded_normal`, and ``generate`` runs mapping + truncation + synthesis.
 ``latent="w"`` samples the same z and maps them once (with truncation) to w
 (N x w_dim); ``generate`` then runs only the synthesis network, so ``mapping.*`` layers
-do not fire. ``truncation`` is psi (1 = none). ``noise="const"`` (default) uses the
+do not fire. ``truncation`` is psi (1 = none), computed as the source does: NVIDIA's
+``w_avg.lerp(w, psi)`` for NVIDIA formats, rosinality's ``tl + psi * (w - tl)`` for
+rosinality checkpoints, so truncated outputs match either bit for bit.
+``conv_clamp`` overrides the clamp after every synthesis layer (default: as the file
+records it; none for state dicts and rosinality checkpoints). ``noise="const"`` (default) uses the
 stored per-layer noise images, so outputs depend only on the latents; ``"random"``
 draws fresh noise each call (not reproducible); ``"none"`` disables noise.
 """
@@ -37,6 +44,7 @@ draws fresh noise each call (not reproducible); ``"none"`` disables noise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -47,8 +55,14 @@ import gdx
 from gdx.checkpoints import existing_file, load_torch_file
 from gdx.errors import AdapterOptionError, CheckpointError
 from gdx.interfaces import Generator
+from gdx.plugins.generators.downloads import KnownWeights
 from gdx.plugins.generators.sniff import describe_keys
-from gdx.plugins.generators.stylegan2_arch import StyleGAN2Config, StyleGAN2Generator
+from gdx.plugins.generators.stylegan2_arch import (
+    StyleGAN2Config,
+    StyleGAN2Generator,
+    SynthesisLayer,
+    ToRGBLayer,
+)
 from gdx.plugins.generators.safe_unpickle import PersistentObject, load_stylegan_pickle
 from gdx.hookspecs import Register
 
@@ -124,7 +138,7 @@ def generator_from_persistent(net: PersistentObject, *, source: str) -> StyleGAN
 
 def _config_from_tensors(sd: dict[str, torch.Tensor], *, lr_multiplier: float, conv_clamp: Any,
                          use_noise: bool, img_channels: int, resample: torch.Tensor | None,
-                         mod_prescale: bool = False) -> StyleGAN2Config:
+                         mod_prescale: bool = False, truncation: str = "lerp") -> StyleGAN2Config:
     resolutions = sorted(int(k.split(".")[1][1:]) for k in sd if k.startswith("synthesis.b") and k.endswith(".conv1.weight"))
     channels = {r: int(sd[f"synthesis.b{r}.conv1.weight"].shape[0]) for r in resolutions}
     n_map = sum(1 for k in sd if k.startswith("mapping.fc") and k.endswith(".weight"))
@@ -144,7 +158,7 @@ def _config_from_tensors(sd: dict[str, torch.Tensor], *, lr_multiplier: float, c
         img_channels=img_channels, mapping_layers=n_map, lr_multiplier=lr_multiplier,
         embed_features=embed, layer_features=layer_features,
         conv_clamp=None if conv_clamp is None else float(conv_clamp), use_noise=use_noise,
-        resample_filter=taps, mod_prescale=mod_prescale,
+        resample_filter=taps, mod_prescale=mod_prescale, truncation=truncation,
     )
 
 
@@ -224,7 +238,8 @@ def generator_from_rosinality(obj: Any, *, source: str) -> StyleGAN2Generator:
     except KeyError as exc:
         raise CheckpointError(f"{WHAT}: {source} lacks {exc}; the rosinality checkpoint is incomplete.") from None
     cfg = _config_from_tensors(sd, lr_multiplier=lr_mlp, conv_clamp=None, use_noise=True, img_channels=3,
-                               resample=sd["synthesis.b4.resample_filter"], mod_prescale=True)
+                               resample=sd["synthesis.b4.resample_filter"], mod_prescale=True,
+                               truncation="affine")
     latent_avg = obj.get("latent_avg")
     if isinstance(latent_avg, torch.Tensor):
         sd["mapping.w_avg"] = latent_avg.reshape(-1).to(torch.float32)
@@ -305,6 +320,19 @@ def load_stylegan2_network(weights: str | Path) -> StyleGAN2Generator:
     return generator_from_nvidia_data(data, source=str(p))
 
 
+def set_conv_clamp(net: StyleGAN2Generator, conv_clamp: float) -> None:
+    """Clamp every synthesis layer's output to +-``conv_clamp`` (NVIDIA's snapshots use 256)."""
+    value = float(conv_clamp)
+    if not math.isfinite(value) or value <= 0:
+        raise AdapterOptionError(
+            f"stylegan2 option conv_clamp={conv_clamp!r}: expected a positive number (NVIDIA's pickles use 256)."
+        )
+    for module in net.synthesis.modules():
+        if isinstance(module, (SynthesisLayer, ToRGBLayer)):
+            module.conv_clamp = value
+    net.cfg = dataclasses.replace(net.cfg, conv_clamp=value)
+
+
 class StyleGAN2(Generator):
     """A :class:`gdx.Generator` over :class:`StyleGAN2Generator` with z or w latents."""
 
@@ -379,12 +407,34 @@ def build_stylegan2(
     truncation: float = 1.0,
     noise: str = "const",
     class_index: int | None = None,
+    conv_clamp: float | None = None,
     device: str = "cpu",
 ) -> gdx.Generator:
-    """StyleGAN2 (NVIDIA .pkl, safely unpickled, or rosinality .pt); layers synthesis.b{R}.conv0/conv1."""
+    """StyleGAN2 (NVIDIA .pkl, safely unpickled, or rosinality .pt); layers synthesis.b{R}.conv0/conv1.
+
+    Args:
+        weights: an NVIDIA .pkl, an NVIDIA-named state dict or a rosinality .pt checkpoint
+        latent: "z" (mapping + synthesis run in generate) or "w" (z mapped once; generate runs synthesis only)
+        truncation: psi, 1 = none, computed as the checkpoint's source does
+        noise: "const" (stored noise images, reproducible), "random" or "none"
+        class_index: the class of a conditional model (0..classes-1)
+        conv_clamp: clamp after every synthesis layer (NVIDIA pickles record 256; state dicts record none)
+        device: torch device to run on (cpu, cuda, ...)
+    """
     net = load_stylegan2_network(weights)
+    if conv_clamp is not None:
+        set_conv_clamp(net, conv_clamp)
     gen = StyleGAN2(net, latent=latent, truncation=truncation, noise=noise, class_index=class_index)
     return gen.to(device)
+
+
+def known_weights() -> list[KnownWeights]:
+    """No fixed list: any StyleGAN2 snapshot in a supported format (for ``gdx weights``)."""
+    return [KnownWeights(
+        adapter="stylegan2", name="(any snapshot)", file="*.pkl or *.pt",
+        option="weights=PATH", in_cache=False,
+        note="stylegan2-ada-pytorch / stylegan3 --cfg=stylegan2 .pkl, or rosinality .pt; see docs/adapters.md",
+    )]
 
 
 @gdx.hookimpl

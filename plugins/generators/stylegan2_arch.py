@@ -63,6 +63,9 @@ class StyleGAN2Config:
     use_noise: bool = True
     resample_filter: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)
     mod_prescale: bool = False
+    #: Truncation as the source computes it: "lerp" (NVIDIA: ``w_avg.lerp(w, psi)``) or
+    #: "affine" (rosinality: ``w_avg + psi * (w - w_avg)``); they differ in the last bits.
+    truncation: str = "lerp"
 
     @property
     def block_resolutions(self) -> list[int]:
@@ -239,6 +242,7 @@ class MappingNetwork(nn.Module):
             setattr(self, f"fc{i}", FullyConnectedLayer(features[i], features[i + 1], activation="lrelu",
                                                         lr_multiplier=cfg.lr_multiplier))
         self.register_buffer("w_avg", torch.zeros([cfg.w_dim]))
+        self.truncation = cfg.truncation
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0) -> torch.Tensor:
         x = normalize_2nd_moment(z.to(torch.float32)) if self.z_dim > 0 else None
@@ -253,7 +257,10 @@ class MappingNetwork(nn.Module):
             x = getattr(self, f"fc{i}")(x)
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
         if truncation_psi != 1:
-            x = self.w_avg.lerp(x, truncation_psi)
+            if self.truncation == "affine":  # rosinality: truncation_latent + truncation * (style - truncation_latent)
+                x = self.w_avg + truncation_psi * (x - self.w_avg)
+            else:  # NVIDIA: self.w_avg.lerp(x, truncation_psi)
+                x = self.w_avg.lerp(x, truncation_psi)
         return x
 
 

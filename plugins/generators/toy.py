@@ -8,7 +8,11 @@ from gdx.hookspecs import Register
 
 
 def build_toy(resolution: int = 32) -> gdx.Generator:
-    """SYNTHETIC toy world: blobs of sun/tree/rock/lake with known units (layer 'features')."""
+    """SYNTHETIC toy world: blobs of sun/tree/rock/lake with known units (layer 'features').
+
+    Args:
+        resolution: image size in pixels (square)
+    """
     return gdx.wrap_generator(ToyGenerator(resolution), latent_shape=(LATENT_DIM,), name="toy", default_layer="features")
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import gdx
+from gdx.wrappers import SeededNormalRows
 from gdx.errors import AdapterOptionError, CheckpointError, GdxError, MissingDependencyError
 from gdx.interfaces import Generator
 from gdx.plugins.generators.sniff import describe_keys
@@ -145,6 +146,9 @@ class VAEGenerator(Generator):
     def sample_latents(self, n: int, *, seed: int) -> torch.Tensor:
         return gdx.seeded_normal(n, self.latent_shape, seed)
 
+    def latent_rows(self, n: int, *, seed: int) -> gdx.LatentRows:
+        return SeededNormalRows(n, self.latent_shape, seed)  # drawn per batch, same bits
+
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         return self._module(z)
 
@@ -160,8 +164,44 @@ def _middle_decoder_layer(vae: DiffusersVAE) -> str:
     return f"decoder.layers.{len(decoder.layers) // 2}"
 
 
-def load_vae(weights: str | Path, *, subfolder: str | None = None) -> DiffusersVAE:
-    """Load a diffusers AutoencoderKL/AutoencoderTiny from a local folder, offline."""
+def _weight_keys(folder: Path) -> list[str] | None:
+    """The parameter names stored in a diffusers model folder's weights file (None: no file gdx reads)."""
+    st = folder / "diffusion_pytorch_model.safetensors"
+    if st.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(st), framework="pt") as f:
+            return list(f.keys())
+    return None
+
+
+def check_weight_keys(vae: DiffusersVAE, folder: Path, *, strict: bool = True) -> None:
+    """Refuse a weights file that does not fill the model: diffusers only logs "newly initialized".
+
+    The keys of the file must be the model's state-dict keys; missing or unexpected ones
+    are a :class:`CheckpointError` naming a few (``strict=False`` accepts them).
+    """
+    keys = _weight_keys(folder)
+    if keys is None or not strict:
+        return
+    want, have = set(vae.state_dict()), set(keys)
+    missing, unexpected = sorted(want - have), sorted(have - want)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+        raise CheckpointError(
+            f"{WHAT}: the weights in {folder} do not fit its {type(vae).__name__} config: "
+            f"{'; '.join(parts)} of {len(want)} parameters. They are from another model or another "
+            "version of this one; pass the matching folder, or the vae option `strict=false` to load "
+            "what fits and leave the rest randomly initialised."
+        )
+
+
+def load_vae(weights: str | Path, *, subfolder: str | None = None, strict: bool = True) -> DiffusersVAE:
+    """Load a diffusers AutoencoderKL/AutoencoderTiny from a local folder, offline (every weight must fit)."""
     root, subfolder, config = resolve_model_dir(weights, subfolder)
     diffusers = _import_diffusers()
     cls = getattr(diffusers, config["_class_name"])
@@ -181,6 +221,12 @@ def load_vae(weights: str | Path, *, subfolder: str | None = None) -> DiffusersV
             except Exception:  # noqa: BLE001 - a damaged file: the main message says so
                 hint += "; it cannot even be opened as safetensors (truncated?)"
         raise CheckpointError(f"{WHAT}: cannot load {config['_class_name']} from {root / (subfolder or '')} ({text}). {hint}.") from None
+    try:
+        check_weight_keys(vae, root / (subfolder or ""), strict=strict)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error for a damaged header
+        raise CheckpointError(f"{WHAT}: cannot read the weights in {root / (subfolder or '')} ({exc}).") from None
     return vae.eval().requires_grad_(False)
 
 
@@ -189,9 +235,18 @@ def build_vae(
     subfolder: str | None = None,
     resolution: int | None = None,
     device: str = "cpu",
+    strict: bool = True,
 ) -> gdx.Generator:
-    """Decoder of a diffusers AutoencoderKL/AutoencoderTiny folder (needs gdx[diffusers]); layers decoder.*."""
-    vae = load_vae(weights, subfolder=subfolder)
+    """Decoder of a diffusers AutoencoderKL/AutoencoderTiny folder (needs gdx[diffusers]); layers decoder.*.
+
+    Args:
+        weights: a diffusers model folder (config.json + weights)
+        subfolder: the VAE's subfolder inside a pipeline folder (e.g. vae)
+        resolution: image size to decode to (default: the config's sample size)
+        device: torch device to run on (cpu, cuda, ...)
+        strict: refuse weights whose names do not match the config's model (false: load what fits)
+    """
+    vae = load_vae(weights, subfolder=subfolder, strict=strict)
     return VAEGenerator(vae, resolution=resolution).to(device)
 
 

@@ -5,10 +5,13 @@ Both read exact counts at per-unit levels (:class:`gdx.stats.LevelCounts`):
 * ``iou`` (``threshold=q``): levels at top fractions around ``1 - q``; the unit's
   threshold is the level whose exact share of pixels above is closest to ``1 - q``,
   i.e. the q-quantile of the unit's upsampled values over all pixels of all samples
-  (SPEC §1.2), refined from the sketch by exact counts.
-* ``iqr`` (``threshold="iqr"``): levels at 100 log-spaced top fractions 1e-3..1; the
-  unit gets the (level, concept) pair of maximal information quality ratio, ignoring
-  concepts that cover < 1e-3 of pixels (SPEC §1.2, the paper's rule for GANs).
+  (docs/method.md, "Dissection"), refined from the sketch by exact counts.
+* ``iqr`` (``threshold="iqr"``): candidate levels at 100 log-spaced top fractions
+  1e-3..1; the unit gets the (level, concept) pair of maximal information quality ratio,
+  ignoring concepts that cover < 1e-3 of pixels (the paper's rule for GANs). Counts are
+  taken on a grid three times as dense (plus a margin below 1e-3), and each candidate is
+  the grid level whose exact share of pixels above is closest to its fraction: the exact
+  candidate levels, refined as the quantile mode refines its one level.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ REFINE_LEVELS = 41
 
 
 class QuantileIoU(DissectionMetric):
-    """IoU of each unit's top-(1-q) region with each concept (SPEC §1, quantile mode)."""
+    """IoU of each unit's top-(1-q) region with each concept (docs/method.md, "Dissection", quantile mode)."""
 
     name = "iou"
 
@@ -52,31 +55,57 @@ class QuantileIoU(DissectionMetric):
             best_label=best_label,
             best_score=best_score,
             extra={"above_fraction": c.above[units, j].double() / float(c.pixels)},
+            level_index=j,
         )
 
 
+#: IQR mode: the counting grid is this many times denser than the candidate fractions,
+#: and reaches this many grid steps below the smallest candidate (the sketch's error there).
+IQR_REFINE = 3
+IQR_MARGIN = 15
+
+
 class IQRRule(DissectionMetric):
-    """The paper's rule: per unit, the level and concept of maximal IQR (SPEC §1.2)."""
+    """The paper's rule: per unit, the level and concept of maximal IQR (docs/method.md, "Dissection")."""
 
     name = "iqr"
     min_coverage = 1e-3
 
+    candidates = 100
+
+    def candidate_fractions(self) -> torch.Tensor:
+        """The rule's 100 top fractions, 1 down to 1e-3 (descending)."""
+        return log_fractions(self.candidates, 1e-3)
+
     def fractions(self) -> torch.Tensor:
-        return log_fractions(100, 1e-3)
+        step = 3.0 / ((self.candidates - 1) * IQR_REFINE)  # decades per grid step
+        count = (self.candidates - 1) * IQR_REFINE + 1 + IQR_MARGIN
+        return torch.logspace(0.0, -step * (count - 1), count, dtype=torch.float64)
+
+    def candidate_levels(self) -> torch.Tensor:
+        """(U, 100): for each candidate fraction, the grid level whose exact count above is closest."""
+        c = self.counts
+        if c is None or int(c.pixels) == 0:
+            raise RuntimeError("no batches counted")
+        target = self.candidate_fractions()[None, :, None] * float(c.pixels)  # 1, K, 1
+        return (c.above.double()[:, None, :] - target).abs().argmin(2)  # U, K
 
     def result(self) -> UnitScores:
         c = self.counts
         if c is None or int(c.pixels) == 0:
             raise RuntimeError("no batches counted")
-        iqr = iqr_from_counts(c.above, c.cooc, c.area, int(c.pixels))  # U, L, C
+        cand = self.candidate_levels()  # U, K
+        units_k = torch.arange(c.units)[:, None]
+        iqr = iqr_from_counts(c.above[units_k, cand], c.cooc[units_k, cand], c.area, int(c.pixels))  # U, K, C
         coverage = c.area.double() / float(c.pixels)
         iqr = iqr.masked_fill(~(coverage >= self.min_coverage)[None, None, :], -1.0)
         flat = iqr.flatten(1)  # U, L*C
         best = flat.argmax(1)
-        j, label = best // c.num_labels, best % c.num_labels
+        k, label = best // c.num_labels, best % c.num_labels
         units = torch.arange(c.units)
+        j = cand[units, k]
         iou_all = iou_from_counts(c.above[units, j], c.cooc[units, j], c.area)
-        iqr_at = iqr[units, j].clamp(min=0)
+        iqr_at = iqr[units, k].clamp(min=0)
         return UnitScores(
             iou=iou_all,
             thresholds=c.levels[units, j],
@@ -84,16 +113,25 @@ class IQRRule(DissectionMetric):
             best_score=iqr_at[units, label],
             iqr=iqr_at,
             extra={"above_fraction": c.above[units, j].double() / float(c.pixels)},
+            level_index=j,
         )
 
 
 def build_iou(context: DissectionContext) -> QuantileIoU:
-    """IoU at the q-quantile of each unit's upsampled values (threshold=q)."""
+    """IoU at the q-quantile of each unit's upsampled values (threshold=q).
+
+    Args:
+        context: given by the engine (the dissection's threshold and label counts), not a user option
+    """
     return QuantileIoU(context)
 
 
 def build_iqr(context: DissectionContext) -> IQRRule:
-    """The paper's IQR rule: best (level, concept) by information quality ratio."""
+    """The paper's IQR rule: best (level, concept) by information quality ratio.
+
+    Args:
+        context: given by the engine (the dissection's threshold and label counts), not a user option
+    """
     return IQRRule(context)
 
 

@@ -398,7 +398,14 @@ class RealismScore(Metric):
 
 
 def build_frechet(features: str = "inception", weights: str = "", segmenter: str = "scene", layer: str = "") -> FrechetDistance:
-    """Fréchet distance on Inception-v3 (weights=PATH) or segmenter-encoder features (a domain FD, not FID)."""
+    """Fréchet distance on Inception-v3 (weights=PATH) or segmenter-encoder features (a domain FD, not FID).
+
+    Args:
+        features: "inception" (the literature's FID features) or "segmenter" (a registered segmenter's encoder)
+        weights: Inception-v3 weights file (torchvision format) for features=inception
+        segmenter: the registered segmenter whose encoder gives the features for features=segmenter
+        layer: that segmenter's module to read the features from (default: its encoder output)
+    """
     if features == "inception":
         if not weights:
             raise MetricSetupError(

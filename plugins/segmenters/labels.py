@@ -39,18 +39,31 @@ def _data_path(name: str) -> resources.abc.Traversable:
     return resources.files("gdx.plugins.segmenters").joinpath("data", name)
 
 
+#: Where the ADE20K categories come from (also in ``data/README.md`` and docs/adapters.md).
+ADE20K_CATEGORY_SOURCE = (
+    "the Stuff column of object150_info.csv (CSAILVision/semantic-segmentation-pytorch): "
+    "the Scene Parsing benchmark's split of its 150 classes into 35 stuff and 115 discrete objects"
+)
+
+
 def ade20k_labels() -> LabelSet:
-    """The 150 ADE20K scene-parsing classes (first synonym of each row), all "object".
+    """The 150 ADE20K scene-parsing classes (first synonym of each row), "stuff" or "object".
 
     Order as CSAIL mit_semseg and smp's ADE20K conversions predict them (index 0 =
     wall). The data file is CSAILVision/semantic-segmentation-pytorch's
-    object150_info.csv, shipped as package data.
+    object150_info.csv, shipped as package data; its ``Stuff`` column (1 for 35 classes
+    such as sky, grass, road, wall, water) gives the category (:data:`ADE20K_CATEGORY_SOURCE`).
     """
     text = _data_path("ade20k_object150_info.csv").read_text(encoding="utf-8")
     rows = list(csv.DictReader(text.splitlines()))
     rows.sort(key=lambda r: int(r["Idx"]))
-    names = [_ADE20K_RENAMES.get(int(r["Idx"]), r["Name"].split(";")[0].strip()) for r in rows]
-    return LabelSet(unique_names(names), {n: "object" for n in unique_names(names)})
+    names = unique_names([_ADE20K_RENAMES.get(int(r["Idx"]), r["Name"].split(";")[0].strip()) for r in rows])
+    return LabelSet(names, {n: _stuff_or_object(r) for n, r in zip(names, rows)})
+
+
+def _stuff_or_object(row: dict[str, str]) -> str:
+    """"stuff" for a row whose ``Stuff`` column is 1 (object150_info.csv), else "object"."""
+    return "stuff" if str(row.get("Stuff", "")).strip() == "1" else "object"
 
 
 #: Two ADE20K rows share the first synonym "screen"; their full names in ADE20K's
@@ -85,7 +98,8 @@ def read_labels_file(path: str | os.PathLike[str]) -> LabelSet:
 
     JSON may be a list of names or ``{"labels": [...], "categories": {name: category}}``
     (optionally with ``"heads": [...]`` for multi-head models). A CSV with a ``Name``
-    column (ADE20K's object150_info.csv layout) also works; its first synonym is used.
+    column (ADE20K's object150_info.csv layout) also works; its first synonym is used,
+    and a ``Stuff`` column (1 = stuff) gives the categories "stuff" / "object".
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -113,7 +127,9 @@ def read_labels_file(path: str | os.PathLike[str]) -> LabelSet:
         rows = list(csv.DictReader(text.splitlines()))
         if not rows or "Name" not in rows[0]:
             raise CheckpointError(f"labels file {p}: a CSV needs a 'Name' column.")
-        result = LabelSet([r["Name"].split(";")[0].strip() for r in rows])
+        names = [r["Name"].split(";")[0].strip() for r in rows]
+        cats = {n: _stuff_or_object(r) for n, r in zip(names, rows)} if "Stuff" in rows[0] else {}
+        result = LabelSet(names, cats)
     else:
         result = LabelSet([line.strip() for line in text.splitlines() if line.strip()])
     if not result.labels:

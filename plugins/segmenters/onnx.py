@@ -145,6 +145,12 @@ class OnnxSegmenter(Segmenter):
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass
         if self.output_is_logits and len(out_shape) == 4 and isinstance(out_shape[1], int):
+            warnings.warn(
+                f"onnx segmenter: {self.path.name} came without label names (no segmenter option "
+                f"`labels=...` and no 'labels' metadata), so its {out_shape[1]} classes are named "
+                f"class0..class{out_shape[1] - 1}; pass `labels=<file .txt/.json>` to get concept names.",
+                stacklevel=4,
+            )
             return LabelSet([f"class{i}" for i in range(out_shape[1])])
         raise CheckpointError(
             f"{WHAT}: {self.path} does not say how many classes it has; pass the segmenter option `labels=<file .txt/.json>`."
@@ -241,6 +247,7 @@ def build_onnx(
     {"labels": [...], "categories": {...}}); ``input_size``: HxW (default: the model's
     static input size, else the image's); ``input_range``: "-1,1" (default), "0,1" or
     "0,255" (what the model expects before ``mean``/``std``, given in those units);
+    ``mean``/``std``: per-channel normalisation, comma-separated, in ``input_range`` units;
     ``bgr``: feed BGR; ``providers``: comma-separated onnxruntime providers or
     cuda/cpu (default: CUDA then CPU). ``describe()`` names the provider that runs.
     """

@@ -52,7 +52,11 @@ class SceneSegment(nn.Module):
 
 
 def build_scene(weights: str = "") -> gdx.Segmenter:
-    """Bundled U-Net (MobileNetV3-small) for the scene world's 14 concepts; 64x64 input."""
+    """Bundled U-Net (MobileNetV3-small) for the scene world's 14 concepts; 64x64 input.
+
+    Args:
+        weights: another export of the training script (.safetensors with its .json beside it); default: the bundled one
+    """
     from gdx.plugins.scene_arch import SceneSegmenterNet
 
     what = "scene segmenter weights"
@@ -63,20 +67,28 @@ def build_scene(weights: str = "") -> gdx.Segmenter:
             f"{what}: {config_path} (the config beside the weights) is missing; export again with "
             "python -m tools.scenes.train_segmenter --export, which writes both files."
         )
-    config = json.loads(config_path.read_text())
-    labels = list(config["labels"])
-    net = SceneSegmenterNet(len(labels), config)
     try:
-        net.load_state_dict(load_safetensors_file(path, what=what))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{what}: {path} does not match {config_path}: {str(exc)[:200]}") from None
-    return gdx.wrap_segmenter(
-        SceneSegment(net),
-        labels=labels,
-        categories=config["categories"],
-        name="scene",
-        input_size=tuple(config["input_size"]),
-    )
+        config = json.loads(config_path.read_bytes())
+        labels = list(config["labels"])
+        net = SceneSegmenterNet(len(labels), config)
+        try:
+            net.load_state_dict(load_safetensors_file(path, what=what))
+        except RuntimeError as exc:
+            raise CheckpointError(f"{what}: {path} does not match {config_path}: {str(exc)[:200]}") from None
+        return gdx.wrap_segmenter(
+            SceneSegment(net),
+            labels=labels,
+            categories=config["categories"],
+            name="scene",
+            input_size=tuple(config["input_size"]),
+        )
+    except gdx.GdxError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{what}: {config_path} (the config beside the weights) is damaged ({type(exc).__name__}: "
+            f"{str(exc)[:160]}); export both files again with python -m tools.scenes.train_segmenter --export."
+        ) from None
 
 
 @gdx.hookimpl

@@ -19,7 +19,7 @@ model runs on the CPU without approximation; ``ppm_pool="adaptive"`` swaps in
 Output (as gandissect's ``UnifiedParsingSegmenter``): N x 3 x H x W label maps,
 channel 0 the object, 1 the material, 2 the part (only where the object argmax is an
 object whose parts are used; gandissect uses the parts of sky, building and person).
-Broden's index 0 ("-", nothing) becomes -1. A part that is also an object (a door
+Broden's index 0 ("-", nothing) becomes -1, and so does a ``"-"`` entry of a part list. A part that is also an object (a door
 is an object and a part of a building) uses the object's label, as in gandissect.
 Preprocessing: BGR, 0..255, minus [102.9801, 115.9465, 122.7717] (no std).
 """
@@ -164,6 +164,10 @@ def read_broden_labels(path: Path) -> BrodenLabels:
     return labels
 
 
+#: Part-list entries that name no part (Broden's "-"); their pixels get no part label (-1).
+NO_PART = frozenset({"-", ""})
+
+
 class UnifiedParsingSegmenter(TorchSegmenter):
     """N x 3 x H x W labels (object, material, part) from a Unified Perceptual Parsing model."""
 
@@ -184,7 +188,9 @@ class UnifiedParsingSegmenter(TorchSegmenter):
             if part_objects is None or owner in part_objects:
                 ids = []
                 for part in parts:
-                    if part in objects:
+                    if part in NO_PART:  # Broden's "-" (nothing): no part label there, as in gandissect
+                        ids.append(-1)
+                    elif part in objects:
                         ids.append(index[part])
                     else:
                         if part not in index:

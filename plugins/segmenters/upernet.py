@@ -53,6 +53,7 @@ from gdx.plugins.segmenters.smp_loading import (
     resnet_encoder_name,
 )
 from gdx.hookspecs import Register
+from gdx.plugins.generators.downloads import KnownWeights
 from gdx.plugins.segmenters.sniff import looks_like
 from gdx.plugins.segmenters.torch_segmenter import (
     IMAGENET_MEAN,
@@ -313,6 +314,17 @@ def build_upp_segmenter(
         details=f"Unified Perceptual Parsing {depth}+upernet (Broden+), {enc_path.name} + {dec_path.name}, "
         f"PPM pooling {ppm_pool}",
     )
+
+
+def known_weights() -> list[KnownWeights]:
+    """The CSAIL scene parsers users have (for ``gdx weights``); sizes and hashes are not recorded."""
+    csail = ("CSAIL semantic-segmentation-pytorch folders, each holding encoder_epoch_N.pth + "
+             "decoder_epoch_N.pth (ADE20K, 150 labels; upp-*: the paper's Unified Perceptual Parsing "
+             "model, Broden+ object/part/material, plus its labels.json)")
+    return [
+        KnownWeights("upernet", name, f"{name}/", f"weights=PATH/{name}/", in_cache=False, note=csail)
+        for name in ("ade20k-resnet50-upernet", "ade20k-resnet101-upernet", "upp-resnet50-upernet")
+    ]
 
 
 @gdx.hookimpl

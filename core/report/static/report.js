@@ -41,7 +41,9 @@
     var needle = input ? input.value.trim().toLowerCase() : "";
     var shown = 0;
     Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
-      var text = Array.prototype.map.call(row.cells, function (c) { return c.textContent; }).join(" ").toLowerCase();
+      // the filter matches a unit's own label and category, not its runner-up concepts
+      var own = Array.prototype.filter.call(row.cells, function (c) { return !c.querySelector(".also"); });
+      var text = own.map(function (c) { return c.textContent; }).join(" ").toLowerCase();
       var visible = (!needle || text.indexOf(needle) >= 0) && (!only || !only.checked || !row.classList.contains("weak"));
       row.classList.toggle("hidden", !visible);
       if (visible) { shown += 1; }
@@ -60,5 +62,12 @@
       input.addEventListener("change", function () { applyFilter(container); });
     });
     applyFilter(container);
+  });
+
+  document.querySelectorAll("table.concepts").forEach(function (table) {
+    table.querySelectorAll("th[data-type]").forEach(function (th) {
+      th.addEventListener("click", function () { sortBy(table, th); });
+      th.addEventListener("keydown", function (e) { if (e.key === "Enter") { sortBy(table, th); } });
+    });
   });
 }());
