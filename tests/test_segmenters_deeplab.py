@@ -109,3 +109,17 @@ def test_torchvision_input_size_is_torchvisions_aspect_keeping_resize(tv_deeplab
     assert [r.getMessage() for r in caplog.records] == ["deeplab: segmenting 32x48 images at 40x60 (segmenter option `input_size`)"]
     with pytest.raises(gdx.GdxError, match="input_size"):
         gdx.load_segmenter("deeplab", weights=str(path), input_size="0")
+
+
+def test_gdx_run_prints_the_size_deeplab_segments_at(tv_deeplab, tmp_path):
+    """A user sees the segmenter's input size in the run's first lines (it was a silent 520 x 520)."""
+    from click.testing import CliRunner
+
+    from gdx.cli import cli
+
+    path, _ = tv_deeplab
+    res = CliRunner().invoke(cli, ["run", "--gen", "toy", "--seg", "deeplab", "--seg-opt", f"weights={path}",
+                                   "--seg-opt", "input_size=48x48", "--samples", "4", "--quiet",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "segmenter: deeplab" in res.output and "resized to 48x48" in res.output

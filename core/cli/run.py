@@ -88,6 +88,7 @@ def run(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: t
             say("note: using the SYNTHETIC built-in toy models (hand-built, untrained).", err=True)
         say(f"dissecting {gen_name}:{','.join(chosen)} with {seg_name} ({samples} samples, seed {seed}, "
             f"threshold {thr}{f', {world.size} processes' if world.size > 1 else ''}) -> {out_dir}", err=True)
+        say(f"segmenter: {models.segmenter.describe()}", err=True)  # e.g. the input size it segments at
         if work_dir != out_dir:
             say(f"the finished run in {out_dir} stays in place until the new one is finished", err=True)
         started = time.time()
