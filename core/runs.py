@@ -255,7 +255,10 @@ class RunFolder:
 
     def layer(self, layer: str | None = None) -> str:
         """``layer`` if the run dissected it, else (None) the run's first layer."""
-        layers = self.manifest().layers
+        return self._layer_of(self.manifest(), layer)
+
+    def _layer_of(self, manifest: RunManifest, layer: str | None) -> str:
+        layers = manifest.layers
         if layer is None:
             return layers[0]
         if layer not in layers:
@@ -267,7 +270,8 @@ class RunFolder:
         (``Dissection.save(folder / layer)``) serves a named layer too."""
         if layer is not None and not self.manifest_path.is_file() and (self.path / layer / "dissection.json").is_file():
             return Dissection.load(self.path / layer)
-        return self._checked(self.manifest(), self.layer(layer))
+        manifest = self.manifest()
+        return self._checked(manifest, self._layer_of(manifest, layer))
 
     def dissections(self) -> list[Dissection]:
         manifest = self.manifest()

@@ -10,7 +10,6 @@ third-party plugin cannot break the built-in commands.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Any
 
@@ -65,16 +64,10 @@ class GdxGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         """Every command, third-party ones too, ends in one line on error (see ``friendly_errors``)."""
-        from gdx.cli.options import DEBUG_ENV, error_line
+        from gdx.cli.options import one_line_errors
 
-        try:
+        with one_line_errors():
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as exc:
-            if os.environ.get(DEBUG_ENV) and not isinstance(exc, GdxError):
-                raise
-            raise click.ClickException(error_line(exc)) from None
 
 
 @click.group(cls=GdxGroup)

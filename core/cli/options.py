@@ -6,11 +6,12 @@ can import them while ``gdx.cli`` imports those modules to attach their commands
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -111,16 +112,27 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with one_line_errors():
             return fn(*args, **kwargs)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as exc:
-            if os.environ.get(DEBUG_ENV) and not isinstance(exc, GdxError):
-                raise
-            raise click.ClickException(error_line(exc)) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """The one error path of the CLI: click's own exceptions pass, anything else becomes one line.
+
+    Used by :func:`friendly_errors` (a command run on any click group) and by the ``gdx``
+    group itself (so third-party commands end the same way).
+    """
+    try:
+        yield
+    except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV) and not isinstance(exc, GdxError):
+            raise
+        raise click.ClickException(error_line(exc)) from None
 
 
 def available_devices() -> list[str]:

@@ -79,7 +79,6 @@ def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator:
         generator = manifest.generator.build("generator")
     if layer is None and generator.paint_layer in manifest.layers:
         layer = generator.paint_layer
-    layer = folder.layer(layer)
-    dissection = folder.dissection(layer)
+    dissection = folder.dissection(layer)  # checks the layer (None: the run's first) and the run id
     return PaintEngine.build(generator, dissection, samples=quantile_samples, seed=manifest.seed,
-                             rankings=saved_rankings(folder.path, layer), iou_min=iou_min)
+                             rankings=saved_rankings(folder.path, dissection.layer), iou_min=iou_min)
