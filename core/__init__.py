@@ -21,12 +21,14 @@ from gdx.errors import (
     GdxError,
     GeneratorOutputError,
     InterventionError,
+    InversionError,
     LayerOutputError,
     MetricSetupError,
     MissingDependencyError,
     NonFiniteError,
     NotDifferentiableError,
     PaintError,
+    PhotoError,
     RepairError,
     ResultFormatError,
     ResumeError,
@@ -47,6 +49,7 @@ from gdx.dissection import DissectionRun, dissect
 from gdx.labelstats import random_weights
 from gdx.intervention import Edit, Intervention, Value, intervene
 from gdx.values import insertion_values, unit_quantiles
+from gdx.inversion import Inversion, InvertedGenerator, invert
 from gdx.causal import (
     CausalEffect,
     CumulativeCurve,
@@ -99,6 +102,9 @@ __all__ = [
     "GeneratorOutputError",
     "Intervention",
     "InterventionError",
+    "Inversion",
+    "InversionError",
+    "InvertedGenerator",
     "JsonResult",
     "LatentRows",
     "LayerOutputError",
@@ -109,6 +115,7 @@ __all__ = [
     "NonFiniteError",
     "NotDifferentiableError",
     "PaintError",
+    "PhotoError",
     "PluginRegistry",
     "RemovalTable",
     "RepairError",
@@ -137,6 +144,7 @@ __all__ = [
     "hookimpl",
     "insertion_values",
     "intervene",
+    "invert",
     "load_generator",
     "load_result",
     "load_segmenter",

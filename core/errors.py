@@ -136,6 +136,14 @@ class PaintError(GdxError, ValueError):
     """A GANPaint request that cannot be served (unknown concept, bad stroke or sample)."""
 
 
+class InversionError(GdxError, ValueError):
+    """Images that cannot be inverted (wrong shape, size or range) or a saved inversion that does not fit."""
+
+
+class PhotoError(GdxError, ValueError):
+    """A user image that is not a PNG/JPEG, is damaged, or is too large or too thin to decode safely."""
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """A pickle names a global outside the allow-list (it would run code on load).
 

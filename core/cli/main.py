@@ -25,6 +25,7 @@ BUILTIN_COMMAND_PLUGINS: tuple[str, ...] = (
     "gdx.cli.intervene",
     "gdx.cli.report",
     "gdx.cli.paint",
+    "gdx.cli.invert",
     "gdx.cli.weights",
 )
 

@@ -30,10 +30,12 @@ from gdx.hookspecs import hookimpl
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 exposes it to the network).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
+@click.option("--image", "image", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A PNG or JPEG to open as the canvas: inverted into the generator first (docs/paint.md).")
 @friendly_errors
 def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
           run_dir: str | None, layer: str | None, samples: int, iou_min: float | None, host: str, port: int,
-          open_browser: bool) -> None:
+          open_browser: bool, image: str | None) -> None:
     """Start GANPaint: brush concepts into generated images (docs/method.md, "GANPaint")."""
     try:
         import uvicorn
@@ -75,7 +77,14 @@ def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts:
         webbrowser.open(url)
     from gdx.paint.server import allowed_hosts
 
-    uvicorn.run(create_app(engine, hosts=allowed_hosts(host)), host=host, port=port, log_level="warning")
+    photos = []
+    if image is not None:
+        from gdx.photos import read_image
+
+        photos.append(read_image(Path(image).read_bytes(), size=engine.image_size))
+        click.echo(f"inverting {image} into {engine.generator.name} (a few seconds)", err=True)
+    app = create_app(engine, hosts=allowed_hosts(host), photos=photos)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @hookimpl

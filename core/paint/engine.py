@@ -16,6 +16,7 @@ one shared module, so two requests must never overlap.
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass
 from typing import Literal
@@ -130,6 +131,20 @@ class PaintEngine:
         """
         q = unit_quantiles(generator, dissection.layer, 0.99, samples=samples, seed=seed)
         return cls(generator, dissection, q, max_units=max_units, rankings=rankings, iou_min=iou_min)
+
+    def with_generator(self, generator: Generator) -> "PaintEngine":
+        """This engine (same concepts, units and draw values) serving ``generator``'s samples.
+
+        For a photo: ``engine.with_generator(gdx.invert(engine.generator, photo).as_generator())``
+        paints the photo with the base generator's units. ``generator`` must drive the same
+        module (its edits are hooks on it), so the copy shares this engine's lock.
+        """
+        if generator.module is not self.generator.module:
+            raise PaintError("with_generator needs a generator on the same module (e.g. an inversion of this "
+                             "engine's generator); build a new PaintEngine for another model")
+        new = copy.copy(self)
+        new.generator = generator
+        return new
 
     @property
     def default_units(self) -> int:

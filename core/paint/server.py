@@ -4,8 +4,12 @@ Endpoints (the OpenAPI schema is served at ``/openapi.json``, docs at ``/docs``)
 
 * ``GET /api/info``: the model, layer, image size, grid and the paintable concepts.
 * ``GET /api/sample/{sample}.png``: an unedited sample (cached).
-* ``POST /api/edit``: a sample id, n units per concept and the list of strokes;
-  returns the edited image as a base64 PNG.
+* ``POST /api/edit``: a sample id (or a photo id), n units per concept and the list of
+  strokes; returns the edited image as a base64 PNG.
+* ``POST /api/photo``: a PNG or JPEG as the raw request body (``Content-Type`` image/png or
+  image/jpeg); the photo is inverted into the generator (:func:`gdx.invert`) and kept in
+  memory only (never written to disk) under a server-made id, which ``/api/edit`` takes.
+* ``GET /api/photo/{id}.png``: an opened photo, unedited.
 
 Input discipline: every field is validated (types, ranges, mask sizes), bodies over
 ``max_body`` bytes are refused with 413 before they are read, and errors are 4xx with
@@ -19,10 +23,13 @@ import base64
 import binascii
 import io
 import json
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -32,14 +39,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gdx.errors import PaintError
+from gdx.errors import PaintError, PhotoError
 from gdx.paint.engine import MAX_UNITS, PaintEngine, Stroke
+from gdx.photos import FORMATS, read_image, sniff_format
 
 MAX_SAMPLE = 2**31 - 1
 MAX_MASK_SIDE = 1024
 MAX_STROKES = 256
 #: Default request body limit: 256 strokes at 256 x 256 fit comfortably.
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
+#: Photos kept in memory at once (the oldest is dropped first).
+MAX_PHOTOS = 8
+PHOTO_ID = r"^p[0-9]{1,12}$"
 STATIC = {"paint.js": "text/javascript; charset=utf-8", "paint.css": "text/css; charset=utf-8"}
 
 
@@ -63,7 +74,9 @@ class EditIn(BaseModel):
     """An edit request: all strokes so far (the page keeps them; undo = drop the last)."""
 
     model_config = ConfigDict(extra="forbid")
-    sample: int = Field(ge=0, le=MAX_SAMPLE, description="sample id: latent = sample_latents(1, seed=sample)")
+    sample: int = Field(default=0, ge=0, le=MAX_SAMPLE, description="sample id: latent = sample_latents(1, seed=sample)")
+    photo: str | None = Field(default=None, pattern=PHOTO_ID,
+                              description="an id from POST /api/photo: paint that photo instead of a sample")
     units: int = Field(default=20, ge=1, le=MAX_UNITS, description="top-n units per concept")
     strokes: list[StrokeIn] = Field(default_factory=list, max_length=MAX_STROKES)
 
@@ -73,6 +86,13 @@ class EditOut(BaseModel):
     width: int
     height: int
     milliseconds: float = Field(description="server time for this edit (forward pass + encoding)")
+
+
+class PhotoOut(BaseModel):
+    photo: str = Field(description="the id /api/edit takes as 'photo'")
+    image: str = Field(description="data:image/png;base64,... of the photo at the generator's resolution")
+    psnr: float = Field(description="PSNR (dB) of the generator's own reconstruction of the photo")
+    milliseconds: float
 
 
 class ConceptOut(BaseModel):
@@ -95,6 +115,7 @@ class InfoOut(BaseModel):
     max_strokes: int
     max_mask_side: int
     concepts: list[ConceptOut]
+    photo: str | None = Field(default=None, description="the photo opened at start (gdx paint --image), if any")
 
 
 def decode_mask(mask: MaskIn) -> torch.Tensor:
@@ -200,8 +221,12 @@ def allowed_hosts(host: str | None = None) -> list[str]:
 
 
 def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: str = "gdx paint",
-               hosts: list[str] | None = None) -> FastAPI:
+               hosts: list[str] | None = None, photos: Sequence[torch.Tensor] = (),
+               invert_options: dict[str, Any] | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (run it with uvicorn; see ``gdx paint``).
+
+    ``photos`` (each 1 x 3 x H x W in [-1, 1] at the generator's size) are inverted now and
+    opened first; ``invert_options`` are passed to :func:`gdx.invert` for them and for uploads.
 
     Only requests whose Host header names one of ``hosts`` (default: the loopback names,
     :func:`allowed_hosts`) are answered (others get 400), against DNS rebinding. The
@@ -215,6 +240,38 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts if hosts is not None else allowed_hosts())
     app.state.engine = engine  # what the app serves (tests and embedding tools read it)
     generator_name = getattr(engine.generator, "name", type(engine.generator).__name__)
+    opened: OrderedDict[str, PaintEngine] = OrderedDict()
+    opened_lock = threading.Lock()
+    counter = [0]
+
+    def open_photo(x: torch.Tensor) -> tuple[str, PaintEngine, float]:
+        from gdx.inversion import invert, layer_for_edits
+
+        options = dict(invert_options or {})
+        with engine.lock:  # the inversion hooks the shared module, like an edit
+            options.setdefault("layer", layer_for_edits(engine.generator, engine.layer))
+            inv = invert(engine.generator, x, **options)
+        photo_engine = engine.with_generator(inv.as_generator(edit_layer=engine.layer))
+        with opened_lock:
+            counter[0] += 1
+            key = f"p{counter[0]}"
+            opened[key] = photo_engine
+            while len(opened) > MAX_PHOTOS:
+                opened.popitem(last=False)
+        return key, photo_engine, float(inv.psnr()[0])
+
+    def photo_engine(key: str) -> PaintEngine:
+        with opened_lock:
+            found = opened.get(key)
+        if found is None:
+            raise HTTPException(404, f"no open photo {key!r} (the server keeps the last {MAX_PHOTOS}, in memory "
+                                     "only): open the image again")
+        return found
+
+    start_photo = None
+    for x in photos:
+        start_photo = start_photo or open_photo(x)[0]
+    app.state.photos = opened  # what the app serves (tests read it)
 
     @lru_cache(maxsize=256)
     def sample_png(sample: int) -> bytes:
@@ -250,6 +307,7 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
             max_units=MAX_UNITS, max_strokes=MAX_STROKES, max_mask_side=MAX_MASK_SIDE,
             concepts=[ConceptOut(name=c.name, category=c.category, units=list(c.units), ious=list(c.ious),
                                  labelled=c.labelled, method=c.method) for c in engine.concepts.values()],
+            photo=start_photo,
         )
 
     @app.get("/api/sample/{sample}.png", summary="An unedited sample as PNG",
@@ -265,10 +323,44 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
         for s in strokes:
             if s.concept not in engine.concepts:
                 raise HTTPException(422, f"unknown concept {s.concept!r}; paintable: {', '.join(engine.concepts)}")
-        rgb = engine.render(request.sample, strokes, n_units=request.units)
+        if request.photo is not None:
+            rgb = photo_engine(request.photo).render(0, strokes, n_units=request.units)
+        else:
+            rgb = engine.render(request.sample, strokes, n_units=request.units)
         png = encode_png(rgb)
         return EditOut(image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                        width=int(rgb.shape[1]), height=int(rgb.shape[0]),
                        milliseconds=round((time.perf_counter() - started) * 1000, 2))
+
+    @app.post("/api/photo", response_model=PhotoOut, summary="Open a PNG/JPEG photo (raw body) for painting",
+              openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {"type": "string",
+                             "format": "binary"}} for t in FORMATS.values()}}},
+              responses={413: {"description": "body too large"}, 415: {"description": "not a PNG or JPEG"},
+                         422: {"description": "damaged, too large or too thin an image"}})
+    async def photo(request: Request) -> PhotoOut:
+        started = time.perf_counter()
+        declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if declared not in FORMATS.values():
+            raise HTTPException(415, f"Content-Type {declared or '(none)'!r} is not accepted: send the image as the "
+                                     "raw body with Content-Type image/png or image/jpeg")
+        data = await request.body()
+        found = sniff_format(data)
+        if found != declared:
+            raise HTTPException(415, f"the body is {'a ' + found + ' file' if found else 'not a PNG or JPEG file'} but "
+                                     f"Content-Type says {declared}: send a PNG or JPEG with its own type")
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            x = await run_in_threadpool(read_image, data, size=engine.image_size)
+        except PhotoError as exc:
+            raise HTTPException(422, str(exc)) from None
+        key, painted, psnr = await run_in_threadpool(open_photo, x)
+        png = encode_png(painted.render(0))
+        return PhotoOut(photo=key, image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                        psnr=round(psnr, 2), milliseconds=round((time.perf_counter() - started) * 1000, 2))
+
+    @app.get("/api/photo/{key}.png", summary="An opened photo, unedited", responses={200: {"content": {"image/png": {}}}})
+    def photo_png(key: Annotated[str, PathParam(pattern=PHOTO_ID)]) -> Response:
+        return Response(encode_png(photo_engine(key).render(0)), media_type="image/png")
 
     return app

@@ -46,6 +46,16 @@ class SceneSegment(nn.Module):
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         return logits
 
+    def segment_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's feature maps (differentiable), coarse to fine: the perceptual loss of
+        :func:`gdx.invert` compares these, as they are what the labels are read from."""
+        h, w = images.shape[-2:]
+        x = images.clamp(-1, 1)
+        if h % 16 or w % 16:
+            x = F.interpolate(x, size=(-(-h // 16) * 16, -(-w // 16) * 16), mode="bilinear", align_corners=False)
+        encoder: nn.Module = getattr(getattr(self.net, "net"), "encoder")  # the smp model's encoder
+        return list(encoder(x))[1:]
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.segment_logits(images).argmax(1)

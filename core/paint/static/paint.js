@@ -4,7 +4,7 @@
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
   var state = {
-    info: null, sample: 0, firstSample: 0, concept: null, strokes: [], seq: 0, shown: 0,
+    info: null, sample: 0, photo: null, photoImage: null, firstSample: 0, concept: null, strokes: [], seq: 0, shown: 0,
     drawing: false, points: []
   };
   var image = $("image"), brush = $("brush"), ctx = brush.getContext("2d");
@@ -28,7 +28,7 @@
   }
 
   function showSample(id) {
-    state.sample = id; state.strokes = [];
+    state.sample = id; state.photo = null; state.strokes = [];
     ctx.clearRect(0, 0, DISPLAY, DISPLAY);
     var src = "api/sample/" + id + ".png";
     image.src = src; $("download").href = src;
@@ -109,7 +109,7 @@
     redrawOverlay(0.25);
     if (!state.strokes.length) { showSampleKeepStrokes(); return Promise.resolve(); }
     var body = {
-      sample: state.sample, units: Math.max(1, Math.min(state.info.max_units, Number($("units").value) || 1)),
+      sample: state.photo ? 0 : state.sample, photo: state.photo, units: Math.max(1, Math.min(state.info.max_units, Number($("units").value) || 1)),
       strokes: state.strokes.map(function (s) { return { concept: s.concept, mode: s.mode, mask: s.mask }; })
     };
     status("painting…");
@@ -126,9 +126,32 @@
   }
 
   function showSampleKeepStrokes() {
-    var src = "api/sample/" + state.sample + ".png";
+    var src = state.photo ? state.photoImage : "api/sample/" + state.sample + ".png";
     image.src = src; $("download").href = src; image.dataset.seq = String(state.seq);
-    status("sample " + state.sample);
+    status(state.photo ? "photo " + state.photo : "sample " + state.sample);
+  }
+
+  // A photo is inverted into the generator by the server (a few seconds); it then becomes the
+  // canvas, and strokes, undo, reset and download work on it as on a sample.
+  function showPhoto(out) {
+    state.photo = out.photo; state.photoImage = out.image; state.strokes = []; state.seq++;
+    ctx.clearRect(0, 0, DISPLAY, DISPLAY);
+    document.querySelectorAll("#samples img").forEach(function (img) { img.classList.remove("selected"); });
+    showSampleKeepStrokes();
+    status("photo " + out.photo + (isFinite(out.psnr) ? " (reconstruction PSNR " + out.psnr.toFixed(1) + " dB)" : ""));
+    image.dataset.photo = out.photo;
+  }
+
+  function openFile(file) {
+    if (!file) { return; }
+    if (file.type !== "image/png" && file.type !== "image/jpeg") { status("error: choose a PNG or JPEG image"); return; }
+    status("inverting " + file.name + "…");
+    fetch("api/photo", { method: "POST", headers: { "Content-Type": file.type }, body: file }).then(function (r) {
+      return r.json().then(function (data) {
+        if (!r.ok) { throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)); }
+        return data;
+      });
+    }).then(showPhoto).catch(function (err) { status("error: " + err.message); });
   }
 
   brush.addEventListener("pointerdown", function (e) {
@@ -159,6 +182,8 @@
   $("new-sample").addEventListener("click", function () {
     showSample(Math.floor(Math.random() * 1000000));
   });
+  $("open-image").addEventListener("click", function () { $("image-file").click(); });
+  $("image-file").addEventListener("change", function (e) { openFile(e.target.files[0]); e.target.value = ""; });
   $("more-samples").addEventListener("click", function () { fillGrid(state.firstSample + 12); });
   $("units").addEventListener("change", function () { if (state.strokes.length) { render(); } });
   $("brush-size").addEventListener("input", function () { $("brush-size-value").textContent = $("brush-size").value + " px"; });
@@ -180,7 +205,11 @@
     });
     if (info.concepts.length) { pickConcept(info.concepts[0].name); }
     fillGrid(0);
-    showSample(0);
+    if (info.photo) {
+      showPhoto({ photo: info.photo, image: "api/photo/" + info.photo + ".png", psnr: NaN });
+    } else {
+      showSample(0);
+    }
     document.body.dataset.ready = "1";
   }).catch(function (err) { status("error: " + err.message); });
 }());
