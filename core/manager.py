@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.segmenters.scene",
     "gdx.plugins.metrics.dissection",
     "gdx.plugins.metrics.frechet",
+    "gdx.plugins.metrics.realism",
 )
 
 KINDS = ("generator", "segmenter", "metric")
@@ -295,8 +296,15 @@ class PluginRegistry:
     def build(self, kind: str, name: str, **options: Any) -> Any:
         """Check ``options`` against the factory of ``kind`` ``name`` and call it."""
         info = self.info(kind, name)
+        ablation = None
+        if kind == "generator":
+            # Every generator takes ``ablate=`` (gdx.ablation): applied here, never seen by the factory.
+            from gdx.ablation import split_ablation
+
+            options, ablation = split_ablation(options)
         check_options(info, options)
-        return info.factory(**options)
+        built = info.factory(**options)
+        return ablation.apply(built) if ablation is not None else built
 
     def load_generator(self, name: str, **options: Any) -> Generator:
         """Build the generator ``name`` with ``options`` (its factory's keyword parameters)."""
@@ -308,12 +316,15 @@ class PluginRegistry:
 
 
 def check_options(info: AdapterInfo, options: dict[str, Any]) -> None:
-    """Raise :class:`AdapterOptionError` for an option the factory does not take."""
+    """Raise :class:`AdapterOptionError` for an option the factory does not take.
+
+    Every generator also takes ``ablate=`` (:mod:`gdx.ablation`), which the registry applies.
+    """
     if info.accepts_any_option():
         return
     valid = info.options()
     for key in options:
-        if key not in valid:
+        if key not in valid and not (info.kind == "generator" and key == "ablate"):
             listing = ", ".join(f"{k}={describe_default(p)}" for k, p in valid.items()) or "(none)"
             raise AdapterOptionError(
                 f"{info.kind} {info.name!r} has no option {key!r}. Its options: {listing}"
@@ -336,6 +347,10 @@ def describe_default(p: inspect.Parameter) -> str:
 def parse_option_value(info: AdapterInfo, key: str, text: str) -> Any:
     """Turn the string ``text`` of the option ``key=text`` into the type the factory expects."""
     param = info.options().get(key)
+    if param is None and info.kind == "generator" and key == "ablate":
+        from gdx.ablation import UnitAblation
+
+        return str(UnitAblation.parse(text))  # a repair.json is read now: run.json keeps the units, not the path
     if param is None:
         if info.accepts_any_option():
             return _guess(text)

@@ -97,3 +97,28 @@ class SceneVAEDecoder(nn.Sequential):
         self.add_module("output", nn.Sequential(nn.Conv2d(w64, 3, 3, 1, 1), nn.Tanh()))
         self.z_dim = z_dim
         self.widths = list(widths)
+
+
+class SceneRealismNet(nn.Module):
+    """RGB N x 3 x 64 x 64 in [-1, 1] -> N logits, positive = "looks like a rendered scene".
+
+    A small all-convolutional critic (four stride-2 convolutions, then the mean of a 1x1
+    head over the 4x4 grid): the mean over positions makes it a sum of local judgements,
+    so a streak or a blotch anywhere lowers the score. Trained by
+    ``tools.scenes.train_realism`` on rendered scenes against scene-GAN samples; it reads
+    pixels, so it is independent of the segmenter features the Fréchet distance uses.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 4, 2, 1), nn.LeakyReLU(0.2)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(cin, 1, 1)
+        self.widths = list(widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).mean(dim=(1, 2, 3))
