@@ -65,7 +65,8 @@ from gdx.causal import (
     removal_table,
     segment_probs,
 )
-from gdx.repair import ArtifactRepair, find_artifact_units
+from gdx.ablation import UnitAblation
+from gdx.repair import ArtifactRepair, ScoreSpread, UnitEvidence, find_artifact_units, score_spread, unit_evidence
 from gdx.runs import AdapterSpec, RunFolder, RunManifest
 
 
@@ -125,12 +126,15 @@ __all__ = [
     "RunFolderError",
     "RunLockedError",
     "RunManifest",
+    "ScoreSpread",
     "Segmenter",
     "SegmenterOutputError",
     "SettingsError",
     "StopForward",
     "Summary",
     "Trace",
+    "UnitAblation",
+    "UnitEvidence",
     "UnitLabel",
     "UnitRanking",
     "UnknownAdapterError",
@@ -155,8 +159,10 @@ __all__ = [
     "rank_by_iou",
     "removal_table",
     "resolve_layers",
+    "score_spread",
     "seeded_normal",
     "segment_probs",
+    "unit_evidence",
     "unit_quantiles",
     "wrap_generator",
     "wrap_segmenter",

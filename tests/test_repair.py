@@ -81,3 +81,111 @@ def test_discriminator_score_without_real_data():
 def test_frechet_without_real_data_is_refused():
     with pytest.raises(RepairError, match="real"):
         find_artifact_units(artifact_generator(), "features", metric=FrechetDistance(quadrant_features))
+
+
+# -- the search that does not overfit (issue 16) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checked_repair():
+    """The artifact world with a second score, the label check and random controls."""
+    from intervene_worlds import PaletteSegmenter, ART_PALETTE
+
+    gen = artifact_generator()
+    seg = PaletteSegmenter(ART_PALETTE, ["red", "green", "blue", "yellow", "magenta"])
+    fd = FrechetDistance(quadrant_features)
+    rep = find_artifact_units(gen, "features", metric=fd, real=clean_images(300, seed=7),
+                              held_out_real=clean_images(300, seed=8), samples=100, held_out=100, top=3,
+                              check=RealismScore(magenta_critic), segmenter=seg, control_draws=4, bootstrap=300)
+    return gen, rep
+
+
+def test_confirmation_is_an_interval_that_excludes_no_change(checked_repair):
+    _gen, rep = checked_repair
+    assert rep.units == [ARTIFACT_UNIT] and rep.method == "greedy"
+    lo, hi = rep.interval
+    assert 0 < lo <= rep.improvement <= hi
+    assert rep.confirmed and rep.noise > 0 and len(rep.path) == 1
+
+
+def test_random_sets_of_the_same_size_do_not_improve(checked_repair):
+    _gen, rep = checked_repair
+    assert len(rep.control) == 4
+    assert sum(rep.control) / 4 < rep.improvement / 2
+
+
+def test_second_score_and_labels_are_measured_on_the_held_out_samples(checked_repair):
+    _gen, rep = checked_repair
+    assert rep.check["name"] == "realism" and rep.check["after"] > rep.check["before"]
+    assert rep.check["low"] > 0
+    before, after = rep.label_tv
+    assert after < before  # the magenta blotch is the one label real images lack
+
+
+def test_a_step_within_the_noise_is_not_taken():
+    gen = artifact_generator()
+    rep = find_artifact_units(gen, "features", metric=FrechetDistance(quadrant_features),
+                              real=clean_images(200, seed=7), samples=60, held_out=60, top=3, min_z=1e6,
+                              bootstrap=50)
+    assert rep.units == [] and not rep.confirmed and rep.interval == [] and rep.ablate == ""
+
+
+def test_the_saved_repair_is_a_generator_option(checked_repair, tmp_path):
+    from gdx.ablation import UnitAblation
+
+    gen, rep = checked_repair
+    path = rep.save(tmp_path / "repair.json")
+    assert rep.ablate == f"features:{ARTIFACT_UNIT}"
+    fixed = UnitAblation.parse(str(path)).apply(artifact_generator())
+    z = gen.sample_latents(4, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(fixed.generate(z), rep.apply(gen).generate(z))
+    back = ArtifactRepair.load(path)
+    assert back.interval == rep.interval and back.check == rep.check and back.control == rep.control
+
+
+def test_the_cached_chain_gives_the_same_repair_as_whole_generation():
+    from collections import OrderedDict
+
+    import gdx
+    from torch import nn
+    from intervene_worlds import ArtifactDecoder, ArtifactFeatures
+
+    chain = gdx.wrap_generator(nn.Sequential(OrderedDict(features=ArtifactFeatures(), decoder=ArtifactDecoder())),
+                               latent_shape=(12,))
+    kw = dict(metric=FrechetDistance(quadrant_features), real=clean_images(200, seed=7), samples=60, held_out=60,
+              top=2, bootstrap=50)
+    fast = find_artifact_units(chain, "features", **kw)
+    slow = find_artifact_units(artifact_generator(), "features", **kw)
+    assert fast.units == slow.units == [ARTIFACT_UNIT]
+    assert fast.scores == pytest.approx(slow.scores, abs=1e-6)
+    assert fast.held_out_after == pytest.approx(slow.held_out_after, abs=1e-6)
+
+
+def test_unit_evidence_shows_the_blotch_and_its_removal():
+    from gdx.repair import unit_evidence
+
+    gen = artifact_generator()
+    (ev,) = unit_evidence(gen, "features", [ARTIFACT_UNIT], samples=40, worst=3)
+    magenta = lambda x: float((-magenta_critic(x)).mean())  # noqa: E731
+    assert len(ev.indices) == 3 and ev.activation.shape[0] == 3
+    assert magenta(ev.images) > 0.02 and magenta(ev.ablated) < magenta(ev.images) / 10
+
+
+def test_score_spread_shrinks_with_samples():
+    from gdx.repair import score_spread
+
+    spread = score_spread(artifact_generator(), FrechetDistance(quadrant_features), [20, 200], draws=4,
+                          real=clean_images(300, seed=7))
+    assert spread.sizes == [20, 200] and spread.sds[1] < spread.sds[0]
+    assert spread.means[1] < spread.means[0]  # the small-sample bias of a Fréchet distance
+
+
+def test_bootstrap_interval_of_no_change_is_zero_and_of_a_shift_excludes_it():
+    from gdx.repair import bootstrap_interval
+
+    v = torch.randn(200, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 5.0
+    mean = lambda x: float(x.mean())  # noqa: E731
+    assert bootstrap_interval(mean, v, v, higher=True, draws=100)[1:] == (0.0, 0.0)
+    _sd, lo, hi = bootstrap_interval(mean, v, v + 0.5, higher=True, draws=100)
+    assert 0 < lo < 0.1 < hi

@@ -329,13 +329,13 @@ def locate(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts
     click.echo(f"wrote {folder}", err=True)
 
 
-def _load_real(real: str | None, real_scenes: int, size: tuple[int, int]) -> torch.Tensor | None:
+def _load_real(real: str | None, real_scenes: int, size: tuple[int, int], seed: int = 10_000) -> torch.Tensor | None:
     import torch.nn.functional as F
 
     if real_scenes:
         from gdx.scenes import render_scenes
 
-        images = render_scenes(real_scenes, seed=10_000, size=size[0]).images
+        images = render_scenes(real_scenes, seed=seed, size=size[0]).images
     elif real:
         path = Path(real)
         if path.is_dir():
@@ -365,27 +365,47 @@ def _load_real(real: str | None, real_scenes: int, size: tuple[int, int]) -> tor
 @click.command()
 @model_options
 @click.option("--layer", default=None)
-@click.option("--samples", default=200, show_default=True, type=click.IntRange(min=2), help="Search samples.")
-@click.option("--held-out", default=200, show_default=True, type=click.IntRange(min=2))
+@click.option("--samples", default=1000, show_default=True, type=click.IntRange(min=2),
+              help="Search samples (choose from the score's spread: docs/intervention.md).")
+@click.option("--held-out", default=1000, show_default=True, type=click.IntRange(min=2),
+              help="Held-out samples (another seed) that confirm the set.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--batch-size", default=None, type=click.IntRange(min=1))
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="At most this many units.")
+@click.option("--method", default="greedy", show_default=True, type=click.Choice(["greedy", "prefix"]),
+              help="greedy: grow the set unit by unit; prefix: the best prefix of the single-unit ranking.")
+@click.option("--min-z", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="A search step must gain more than this many bootstrap standard deviations.")
 @click.option("--features", default="segmenter", show_default=True, type=click.Choice(["segmenter", "inception"]),
               help="Feature space of the Fréchet distance (segmenter = a domain space, not the literature's FID).")
+@click.option("--feature-stage", default=-1, show_default=True, type=int,
+              help="With --features segmenter: which encoder map (-1 the deepest; 3 the scene segmenter's texture stage).")
 @click.option("--weights", default=None, help="Inception-v3 weights file (torchvision format) for --features inception.")
 @click.option("--real", default=None, help="Real images: a folder of PNG/JPG, or a .pt tensor N x 3 x H x W in [-1, 1].")
 @click.option("--real-scenes", default=0, type=click.IntRange(min=0),
-              help="Use N rendered scenes of the procedural scene world as the real set.")
+              help="Use N rendered scenes of the procedural scene world as the real set (and N others for held-out).")
+@click.option("--check", "check_name", default=None,
+              help="A second quality metric measured on the held-out samples, e.g. scene-realism.")
+@click.option("--control-draws", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Random unit sets of the same size measured on the held-out samples.")
+@click.option("--evidence", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Candidates (best first) shown where they fire most, before/after ablation.")
 @click.option("--out", default=None, type=click.Path(file_okay=False))
 @friendly_errors
 def repair(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
            device: str | None, layer: str | None, samples: int, held_out: int, seed: int,
-           batch_size: int | None, top: int, features: str, weights: str | None, real: str | None,
-           real_scenes: int, out: str | None) -> None:
-    """Find artifact units: ablating them improves a Fréchet distance to real images (docs/method.md, "Repair")."""
+           batch_size: int | None, top: int, method: str, min_z: float, features: str, feature_stage: int,
+           weights: str | None, real: str | None, real_scenes: int, check_name: str | None, control_draws: int, evidence: int,
+           out: str | None) -> None:
+    """Find artifact units: ablating them improves a Fréchet distance to real images (docs/method.md, "Repair").
+
+    The set is searched on --samples samples and confirmed on --held-out others with a
+    bootstrap interval; repair.json holds the generator option that applies it
+    (--gen-opt ablate=FOLDER/repair.json for gdx run, paint, ace...).
+    """
     from gdx.plots import image_grid, write_png
     from gdx.plugins.metrics.frechet import FrechetDistance, InceptionFeatures, ModuleFeatures, segmenter_features
-    from gdx.repair import find_artifact_units
+    from gdx.repair import find_artifact_units, unit_evidence
 
     gen_name = gen or first_registered("generator", DEFAULT_GENERATORS)
     generator = build_adapter("generator", gen_name, gen_opts)
@@ -397,27 +417,95 @@ def repair(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts
     images = _load_real(real, real_scenes, size)
     if images is None:
         raise UsageError("repair needs real images: --real FOLDER_OR_PT, or --real-scenes N for the bundled scene world")
+    held_images = _load_real(None, real_scenes, size, seed=20_000) if real_scenes else None
     extractor: InceptionFeatures | ModuleFeatures
+    segmenter = None
     if features == "inception":
         if not weights:
             raise UsageError("--features inception needs --weights PATH (torchvision Inception-v3 weights; nothing is downloaded)")
         extractor = InceptionFeatures(weights)
     else:
         _, _, _, segmenter = load_models(gen_name, seg, gen_opts, seg_opts, device)
-        extractor = segmenter_features(segmenter)
-    metric = FrechetDistance(extractor)
-    rep = find_artifact_units(generator, layer, metric=metric, real=images.split(64), samples=samples, seed=seed,
-                              held_out=held_out, top=top, batch_size=batch_size, progress=_say)
+        extractor = segmenter_features(segmenter, stage=feature_stage)
+    check = None
+    if check_name:
+        from gdx.manager import default_registry
+
+        check = default_registry().build("metric", check_name)
+    rep = find_artifact_units(generator, layer, metric=FrechetDistance(extractor), real=images.split(100),
+                              held_out_real=None if held_images is None else held_images.split(100),
+                              samples=samples, seed=seed, held_out=held_out, top=top, method=method, min_z=min_z,
+                              check=check, segmenter=segmenter, control_draws=control_draws,
+                              batch_size=batch_size, progress=_say)
     folder = _out_dir(out, f"repair-{gen_name}")
     rep.save(folder / "repair.json")
     if rep.units:
         write_png(folder / "before_after.png", image_grid(_before_after(generator, layer, rep.units, None, 8,
                                                                          rep.held_out_seed)))
-    click.echo(f"artifact units of {layer}: {rep.units or 'none found'}")
-    click.echo(f"Fréchet distance ({features} features), search samples: {rep.before:.4f} -> {rep.after:.4f}; "
-               f"held-out (seed {rep.held_out_seed}): {rep.held_out_before:.4f} -> {rep.held_out_after:.4f}"
-               f"{' (confirmed)' if rep.confirmed else ' (NOT confirmed)'}")
+    shown = [u for u, _ in rep.ranking()[:evidence]]
+    if shown:
+        _write_evidence(folder, rep, unit_evidence(generator, layer, shown, samples=min(samples, 500), seed=seed,
+                                                   batch_size=batch_size))
+    click.echo(_repair_summary(rep, features))
+    if rep.units:
+        click.echo(f"apply it: --gen-opt ablate={folder / 'repair.json'}  (or --gen-opt ablate={rep.ablate})")
     click.echo(f"wrote {folder}", err=True)
+
+
+def _repair_summary(rep: Any, features: str) -> str:
+    lines = [f"artifact units of {rep.layer}: {rep.units or 'none found'} ({rep.method} search)",
+             f"Fréchet distance ({features} features), search samples ({rep.samples}, seed {rep.seed}): "
+             f"{rep.before:.4f} -> {rep.after:.4f} (spread of the score: sd {rep.noise:.4f})"]
+    held = (f"held-out ({rep.held_out}, seed {rep.held_out_seed}): {rep.held_out_before:.4f} -> "
+            f"{rep.held_out_after:.4f}")
+    if rep.interval:
+        lo, hi = rep.interval
+        held += f", improvement {100 * rep.improvement:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%]"
+    lines.append(held + (" (confirmed)" if rep.confirmed else " (NOT confirmed)"))
+    if rep.control:
+        c = torch.tensor(rep.control, dtype=torch.float64)
+        sd = float(c.std()) if len(rep.control) > 1 else 0.0
+        lines.append(f"random sets of {len(rep.units)} units ({len(rep.control)} draws): "
+                     f"{100 * float(c.mean()):.1f}% +- {100 * sd:.1f}%")
+    if rep.check:
+        ck = rep.check
+        text = f"{ck['name']} (held-out): {ck['before']:.4f} -> {ck['after']:.4f}"
+        if "low" in ck:
+            text += f", improvement interval [{100 * ck['low']:.1f}%, {100 * ck['high']:.1f}%]"
+        lines.append(text)
+    if rep.label_tv:
+        lines.append(f"label distribution, TV to the real images: {rep.label_tv[0]:.4f} -> {rep.label_tv[1]:.4f}")
+    return "\n".join(lines)
+
+
+def _write_evidence(folder: Path, rep: Any, evidence: Sequence[Any]) -> None:
+    """evidence/unit_<u>.png (rows: sample, where the unit fires, unit off) and evidence.md."""
+    import numpy as np
+
+    from gdx.plots import heatmap_overlay, to_uint8, write_png
+
+    target = folder / "evidence"
+    target.mkdir(parents=True, exist_ok=True)
+    gains = dict(zip(rep.candidates, rep.scores))
+    lines = [f"# Artifact evidence: {rep.layer}", "",
+             "Each picture: the samples (of the search seed) where the unit fires most; rows: the sample, "
+             "where the unit fires (red), the sample with the unit off.", "",
+             "| unit | chosen | search gain | samples | peak activation | picture |", "|---|---|---|---|---|---|"]
+    for ev in evidence:
+        size, pad = 128, 4
+        rows = [[to_uint8(im, size) for im in ev.images],
+                [heatmap_overlay(im, act, size=size) for im, act in zip(ev.images, ev.activation)],
+                [to_uint8(im, size) for im in ev.ablated]]
+        canvas = np.full((3 * (size + pad) + pad, len(ev.indices) * (size + pad) + pad, 3), 255, dtype=np.uint8)
+        for i, row in enumerate(rows):
+            for j, tile in enumerate(row):
+                y, x = pad + i * (size + pad), pad + j * (size + pad)
+                canvas[y:y + size, x:x + size] = tile
+        name = f"unit_{ev.unit}.png"
+        write_png(target / name, canvas)
+        lines.append(f"| {ev.unit} | {'yes' if ev.unit in rep.units else 'no'} | {gains.get(ev.unit, 0.0):.4f} | "
+                     f"{', '.join(map(str, ev.indices))} | {max(ev.peak):.3f} | [{name}](evidence/{name}) |")
+    (folder / "evidence.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @click.command("removal-table")

@@ -196,11 +196,13 @@ class InceptionFeatures(nn.Module):
 
 
 class ModuleFeatures(nn.Module):
-    """Global-average-pooled output of ``layer`` of ``module`` (the last tensor if it returns a list).
+    """Global-average-pooled output of ``layer`` of ``module`` (element ``stage`` if it returns a list).
 
     Use a segmenter's encoder for a domain feature space: ``ModuleFeatures(seg_net,
     "encoder", input_size=(128, 128))``. Images in [-1, 1] are passed through
-    ``preprocess`` (default: identity) after resizing to ``input_size``.
+    ``preprocess`` (default: identity) after resizing to ``input_size``. ``stage`` picks
+    one map of an encoder that returns a list, coarse last (default -1, the deepest);
+    earlier stages see texture rather than layout.
     """
 
     def __init__(
@@ -210,17 +212,23 @@ class ModuleFeatures(nn.Module):
         *,
         input_size: tuple[int, int] | None = None,
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        stage: int = -1,
     ) -> None:
         super().__init__()
         self.module = module.eval()
         self.layer = layer
         self.input_size = input_size
         self.preprocess = preprocess
+        self.stage = stage
 
-    @staticmethod
-    def _pool(out: Any) -> torch.Tensor:
+    def _pool(self, out: Any) -> torch.Tensor:
         if isinstance(out, (list, tuple)):
-            out = out[-1]
+            if not -len(out) <= self.stage < len(out):
+                raise MetricSetupError(
+                    f"feature stage {self.stage} does not exist: the layer returns {len(out)} maps "
+                    f"(stages {-len(out)}..{len(out) - 1})"
+                )
+            out = out[self.stage]
         if out.dim() == 4:
             return out.mean(dim=(2, 3))
         return out.reshape(out.shape[0], -1)
@@ -248,12 +256,15 @@ class ModuleFeatures(nn.Module):
         return self._pool(captured["out"])
 
 
-def segmenter_features(segmenter: Any, layer: str | None = None) -> ModuleFeatures:
+def segmenter_features(segmenter: Any, layer: str | None = None, *, stage: int = -1) -> ModuleFeatures:
     """A domain feature space from a segmenter's network (its encoder by default).
 
     Finds the ``nn.Module`` of the segmenter (``.module``, ``.model``, ``.net`` or a
     wrapped module ``.fn``); ``layer`` defaults to the outermost sub-module named
-    ``encoder`` (smp models: its deepest feature map), else the network's output.
+    ``encoder`` (smp models: its feature maps, ``stage`` -1 the deepest), else the
+    network's output. For the bundled scene segmenter, ``stage=3`` (24 channels at 1/8
+    of the input) separates scene-GAN samples from rendered scenes 18-25x above the
+    rendered-vs-rendered floor, the deepest stage 4-5x (docs/intervention.md).
     """
     net = None
     for attr in ("module", "model", "net", "fn"):
@@ -269,7 +280,7 @@ def segmenter_features(segmenter: Any, layer: str | None = None) -> ModuleFeatur
     if layer is None:
         encoders = [n for n, _ in net.named_modules() if n.split(".")[-1] == "encoder"]
         layer = min(encoders, key=len) if encoders else None
-    return ModuleFeatures(net, layer, input_size=getattr(segmenter, "input_size", None))
+    return ModuleFeatures(net, layer, input_size=getattr(segmenter, "input_size", None), stage=stage)
 
 
 # -- metrics -----------------------------------------------------------------------
@@ -337,6 +348,25 @@ class FrechetDistance(Metric):
     def fresh(self) -> "FrechetDistance":
         return FrechetDistance(self.extractor, self.reference, sqrtm=self.sqrtm)
 
+    def sample_values(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image features (N x D, float64): what :meth:`score_values` turns into the distance.
+
+        Why per image: a bootstrap over samples (``gdx.find_artifact_units``) resamples
+        these rows instead of running the extractor again for every draw.
+        """
+        f = self.features(images).detach().double().cpu()
+        return f.reshape(f.shape[0], -1)
+
+    def score_values(self, values: torch.Tensor) -> float:
+        """The distance of the features ``values`` (N x D, N >= 2) to the reference."""
+        if self.reference is None:
+            raise MetricSetupError("FrechetDistance has no reference: call set_reference(real_images) first")
+        if values.shape[0] < 2:
+            raise MetricSetupError(f"a Fréchet distance needs at least 2 samples; have {values.shape[0]}")
+        v = values.double()
+        mu2, cov2 = self.reference.result()
+        return frechet_distance(v.mean(0), torch.cov(v.T).reshape(v.shape[1], v.shape[1]), mu2, cov2, sqrtm=self.sqrtm)
+
     def state_dict(self) -> dict[str, Any]:
         out = {f"stats/{k}": v for k, v in self.stats.state_dict().items()}
         if self.reference is not None:
@@ -389,6 +419,17 @@ class RealismScore(Metric):
     def fresh(self) -> "RealismScore":
         return RealismScore(self.discriminator)
 
+    def sample_values(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image scores (N x 1, float64); their mean is :meth:`score_values`."""
+        with torch.no_grad():
+            return self.discriminator(images).detach().double().cpu().reshape(images.shape[0], -1).mean(1, keepdim=True)
+
+    def score_values(self, values: torch.Tensor) -> float:
+        """The mean score of ``values`` (N x 1)."""
+        if values.shape[0] == 0:
+            raise MetricSetupError("RealismScore has seen no images")
+        return float(values.double().mean())
+
     def state_dict(self) -> dict[str, Any]:
         return {"total": torch.tensor(self.total, dtype=torch.float64), "count": torch.tensor(self.count)}
 
@@ -397,7 +438,8 @@ class RealismScore(Metric):
         self.count = int(state["count"])
 
 
-def build_frechet(features: str = "inception", weights: str = "", segmenter: str = "scene", layer: str = "") -> FrechetDistance:
+def build_frechet(features: str = "inception", weights: str = "", segmenter: str = "scene", layer: str = "",
+                  stage: int = -1) -> FrechetDistance:
     """Fréchet distance on Inception-v3 (weights=PATH) or segmenter-encoder features (a domain FD, not FID).
 
     Args:
@@ -405,6 +447,7 @@ def build_frechet(features: str = "inception", weights: str = "", segmenter: str
         weights: Inception-v3 weights file (torchvision format) for features=inception
         segmenter: the registered segmenter whose encoder gives the features for features=segmenter
         layer: that segmenter's module to read the features from (default: its encoder output)
+        stage: which map of an encoder that returns several (-1: the deepest; 3: the scene segmenter's texture stage)
     """
     if features == "inception":
         if not weights:
@@ -415,7 +458,7 @@ def build_frechet(features: str = "inception", weights: str = "", segmenter: str
         return FrechetDistance(InceptionFeatures(weights))
     if features == "segmenter":
         seg = gdx.load_segmenter(segmenter)
-        return FrechetDistance(segmenter_features(seg, layer or None))
+        return FrechetDistance(segmenter_features(seg, layer or None, stage=stage))
     raise MetricSetupError(f"unknown features {features!r}: use 'inception' or 'segmenter'")
 
 
