@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 import torch
-import torch.nn.functional as F
 
 from gdx.checks import check_finite, check_images, check_labels, check_stable_segmentation
 from gdx.errors import ControlError, LayerOutputError, SettingsError
 from gdx.interfaces import Generator, LatentRows, Segmenter
-from gdx.labelstats import CONTROLS, confidence_interval, null_partners, null_pvalues, random_weights
+from gdx.labelstats import CONTROLS, LabelTracker, confidence_interval, null_pvalues, random_weights
 from gdx.manager import PluginRegistry, default_registry
+from gdx.passes import CountPass, LevelPass, NullBlocks, upsampler
+from gdx.replay import DEFAULT_CACHE_BYTES, ActivationCache
 from gdx.results import Dissection, DissectionSettings, UnitLabel
 from gdx.scores import DissectionContext, DissectionMetric, LevelBatch
-from gdx.stats import PointSample, TopSamples
+from gdx.stats import LevelCounts, PointSample, TopSamples
 from gdx.sampling import segment_images
 from gdx.tracing import Trace, resolve_layers
 
@@ -42,122 +43,6 @@ class Probe:
     grid: dict[str, tuple[int, int]]
     seg_size: tuple[int, int]
     seg_heads: int
-
-
-@dataclass
-class LevelPass:
-    """Pass-1 statistics for every layer (mergeable, checkpointable)."""
-
-    samples: dict[str, PointSample]
-    tops: dict[str, TopSamples]
-    seen: int = 0
-
-    def merge(self, other: "LevelPass") -> None:
-        for name in self.samples:
-            self.samples[name].merge(other.samples[name])
-            self.tops[name].merge(other.tops[name])
-        self.seen += other.seen
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {"seen": torch.tensor(self.seen)}
-        for name in self.samples:
-            for k, v in self.samples[name].state_dict().items():
-                out[f"{name}/sample/{k}"] = v
-            for k, v in self.tops[name].state_dict().items():
-                out[f"{name}/top/{k}"] = v
-        return out
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.seen = int(state["seen"])
-        for name in self.samples:
-            self.samples[name].load_state_dict({k: state[f"{name}/sample/{k}"] for k in ("keys", "values")})
-            self.tops[name].load_state_dict({k: state[f"{name}/top/{k}"] for k in ("values", "indices")})
-
-
-@dataclass(frozen=True)
-class NullBlocks:
-    """The spatial-prior null's pairing: blocks of ``block`` consecutive global indices (see
-    :func:`gdx.labelstats.null_partners`); pass 2 cuts its batches at block boundaries."""
-
-    samples: int
-    block: int
-    seed: int
-
-    def partners(self, index: torch.Tensor) -> torch.Tensor:
-        return null_partners(index, self.samples, self.block, self.seed)
-
-    def size(self, k: int) -> int:
-        return min(self.block, self.samples - k * self.block)
-
-
-@dataclass
-class CountPass:
-    """Pass-2 statistics: one dissection metric per layer, levels set (mergeable).
-
-    ``pending`` holds the samples of null blocks that a shard boundary cut (their layer
-    outputs and labels); merging shards completes those blocks, so merged statistics
-    equal one run's exactly.
-    """
-
-    metrics: dict[str, DissectionMetric]
-    seen: int = 0
-    null: NullBlocks | None = None
-    pending: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = field(default_factory=dict)
-
-    def merge(self, other: "CountPass") -> None:
-        for name in self.metrics:
-            self.metrics[name].merge(other.metrics[name])
-        self.seen += other.seen
-        self.pending.update(other.pending)
-        self.complete_blocks()
-
-    def add_pending(self, index: torch.Tensor, acts: dict[str, torch.Tensor], seg: torch.Tensor) -> None:
-        for i, g in enumerate(index.tolist()):
-            self.pending[int(g)] = ({k: v[i].detach().cpu() for k, v in acts.items()}, seg[i].detach().cpu())
-        self.complete_blocks()
-
-    def complete_blocks(self) -> None:
-        """Count the null of every pending block whose samples are all here."""
-        if self.null is None or not self.pending:
-            return
-        for k in sorted({g // self.null.block for g in self.pending}):
-            first, size = k * self.null.block, self.null.size(k)
-            members = list(range(first, first + size))
-            if not all(g in self.pending for g in members):
-                continue
-            items = [self.pending.pop(g) for g in members]
-            index = torch.tensor(members)
-            partner = self.null.partners(index)
-            local = torch.where(partner >= 0, partner - first, partner)
-            seg = torch.stack([it[1] for it in items])
-            for name, metric in self.metrics.items():
-                a = torch.stack([it[0][name] for it in items])
-                metric.update(LevelBatch(acts=a, seg=seg, sample_index=index, upsampled=_upsampler(a, (int(seg.shape[-2]), int(seg.shape[-1]))),
-                                         partner=local, count=False))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {"seen": torch.tensor(self.seen)}
-        for name, metric in self.metrics.items():
-            for k, v in metric.state_dict().items():
-                out[f"{name}/{k}"] = v
-        if self.pending:
-            keys = sorted(self.pending)
-            out["pending.index"] = torch.tensor(keys)
-            out["pending.seg"] = torch.stack([self.pending[g][1] for g in keys])
-            for name in self.metrics:
-                out[f"pending.acts.{name}"] = torch.stack([self.pending[g][0][name] for g in keys])
-        return out
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.seen = int(state["seen"])
-        for name, metric in self.metrics.items():
-            prefix = f"{name}/"
-            metric.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        self.pending = {}
-        if "pending.index" in state:
-            for i, g in enumerate(state["pending.index"].tolist()):
-                acts = {name: state[f"pending.acts.{name}"][i] for name in self.metrics}
-                self.pending[int(g)] = (acts, state["pending.seg"][i])
 
 
 @dataclass
@@ -187,7 +72,12 @@ class DissectionRun:
     progress: bool = False
     control: str | None = None
     label_stats: bool = True  # the null, intervals and p-values (False: only the paper's counts)
+    #: Disk budget (bytes) for keeping pass 1's layer outputs and labels so pass 2 replays them
+    #: instead of running the models again (see :mod:`gdx.replay`); 0 regenerates everything.
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    _cache: ActivationCache | None = field(default=None, init=False, repr=False)
     _probe: Probe | None = field(default=None, init=False, repr=False)
+    _first_batch: tuple[dict[str, torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)
     _latents: LatentRows | None = field(default=None, init=False, repr=False)
     _seg_shape: tuple[int, ...] | None = field(default=None, init=False, repr=False)
 
@@ -200,6 +90,11 @@ class DissectionRun:
         resolve_layers(self.generator.module, self.layers)  # clear error for a wrong name
         check_labels(self.segmenter.labels, name=self.segmenter.name)
         self.batch_size = int(self.batch_size or DEFAULT_BATCH_SIZE)
+        if isinstance(self.cache_bytes, bool) or not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
+            raise SettingsError(
+                f"cache_bytes must be a whole number of bytes >= 0 (0 turns the activation cache off), "
+                f"got {self.cache_bytes!r}"
+            )
         self.registry = self.registry or default_registry()
         if self.metric is None:
             self.metric = "iqr" if self.threshold == "iqr" else "iou"
@@ -277,12 +172,18 @@ class DissectionRun:
         return seg
 
     def probe(self) -> Probe:
-        """Learn layer and segmentation shapes from sample 0 (and validate both models)."""
+        """Learn layer and segmentation shapes from the first batch (and validate both models).
+
+        The batch is kept, and pass 1 uses it instead of running it again: at a few dozen
+        samples a separate probe sample would cost a few percent of the whole run.
+        """
         if self._probe is None:
-            index = torch.arange(1)
+            assert self.batch_size is not None
+            index = torch.arange(min(self.batch_size, self.samples))
             with torch.no_grad():
                 acts, images = self._layer_outputs(self._z(index), stop=False, batch=0, index=index)
                 seg = self._segment(images, batch=0, index=index)
+            self._first_batch = (acts, seg)
             self._probe = Probe(
                 units={k: int(v.shape[1]) for k, v in acts.items()},
                 grid={k: (int(v.shape[2]), int(v.shape[3])) for k, v in acts.items()},
@@ -295,7 +196,8 @@ class DissectionRun:
     def new_level_pass(self) -> LevelPass:
         p = self.probe()
         return LevelPass(
-            samples={n: PointSample(p.units[n], p.seg_size, size=self.sketch_size, seed=self.seed) for n in self.layers},
+            samples={n: PointSample(p.units[n], p.seg_size, size=self.sketch_size, seed=self.seed,
+                                    total_samples=self.samples) for n in self.layers},
             tops={n: TopSamples(p.units[n], self.top_k) for n in self.layers},
         )
 
@@ -307,9 +209,22 @@ class DissectionRun:
         """
         stop = self.samples if stop is None else stop
         state = state or self.new_level_pass()
+        cache = self._activation_cache()
         with torch.no_grad():
             for batch, index in self._progress(self.batches(start, stop), start, stop, "pass 1/2 levels"):
-                acts, _ = self._layer_outputs(self._z(index), stop=True, batch=batch, index=index)
+                # While the cache has room, run the whole generator and the segmenter now and
+                # keep what pass 2 needs; the layer outputs are the same either way.
+                keep = cache.has_room(self._batch_bytes(len(index)))
+                first, self._first_batch = self._first_batch, None
+                if first is not None and int(index[0]) == 0 and len(index) == len(first[1]):
+                    acts, seg = first  # the probe ran this very batch
+                    if keep:
+                        cache.put(0, len(index), acts, seg)
+                else:
+                    acts, images = self._layer_outputs(self._z(index), stop=not keep, batch=batch, index=index)
+                    if keep:
+                        cache.put(int(index[0]), int(index[-1]) + 1, acts,
+                                  self._segment(images, batch=batch, index=index))
                 for name, a in acts.items():
                     state.samples[name].update(a, index)
                     state.tops[name].update(a, index)
@@ -360,22 +275,75 @@ class DissectionRun:
         """
         stop = self.samples if stop is None else stop
         state = state or self.new_count_pass(levels)
+        cache = self._activation_cache()
+        replay = (self.label_stats and start == 0 and stop == self.samples and state.seen == 0
+                  and not state.pending and all(cache.covers(int(i[0]), int(i[-1]) + 1)
+                                                for _, i in self.count_batches(start, stop)))
+        # Replaying every sample in one process: count first, then take the label statistics
+        # at each unit's chosen level only (a second sweep over the cache, no forward pass),
+        # instead of at every level while counting. Same integer sums, far less work.
+        trackers = {name: m.tracker for name, m in state.metrics.items()} if replay else {}
+        for name in trackers:
+            state.metrics[name].tracker = None
         with torch.no_grad():
             for batch, index in self._progress(self.count_batches(start, stop), start, stop, "pass 2/2 counts"):
-                acts, images = self._layer_outputs(self._z(index), stop=False, batch=batch, index=index)
-                seg = self._segment(images, batch=batch, index=index)
+                acts, seg = self._count_inputs(cache, batch, index)
                 size = (int(seg.shape[-2]), int(seg.shape[-1]))
                 partner = self._local_partners(state, index)
                 for name, a in acts.items():
                     state.metrics[name].update(LevelBatch(
-                        acts=a, seg=seg, sample_index=index, upsampled=_upsampler(a, size), partner=partner,
+                        acts=a, seg=seg, sample_index=index, upsampled=upsampler(a, size), partner=partner,
                     ))
                 if state.null is not None and bool((partner < 0).all()) and len(index) < state.null.size(batch):
                     state.add_pending(index, acts, seg)  # a block cut by the shard: its null waits for a merge
                 state.seen += len(index)
-                if on_batch is not None:
+                if on_batch is not None and not replay:  # a replay is cheap to redo; never checkpoint half of one
                     on_batch(batch, int(index[-1]) + 1, state)
+            for name, tracker in trackers.items():
+                if tracker is not None:
+                    state.metrics[name].tracker = self._replay_trust(cache, state, name)
+        if replay:
+            cache.close()
         return state
+
+    def _count_inputs(self, cache: ActivationCache, batch: int, index: torch.Tensor
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """A pass-2 batch's layer outputs and labels: from the cache, else from the models."""
+        kept = cache.get(int(index[0]), int(index[-1]) + 1)
+        if kept is not None:
+            return kept
+        acts, images = self._layer_outputs(self._z(index), stop=False, batch=batch, index=index)
+        return acts, self._segment(images, batch=batch, index=index)
+
+    def _replay_trust(self, cache: ActivationCache, state: CountPass, name: str) -> LabelTracker | None:
+        """The label statistics of layer ``name`` at each unit's chosen level, from the cached batches."""
+        metric = state.metrics[name]
+        level_index = metric.result().level_index
+        if level_index is None or metric.levels is None:
+            return None
+        units = torch.arange(metric.levels.shape[0])
+        chosen = metric.levels[units, level_index.long()][:, None]  # U x 1
+        labels = len(self.segmenter.labels)
+        tracker = LabelTracker(chosen.shape[0], 1, labels, at_level=level_index.long())
+        counter = LevelCounts(chosen, labels)
+        for _, index in self.count_batches(0, self.samples):
+            kept = cache.get(int(index[0]), int(index[-1]) + 1)
+            assert kept is not None
+            acts, seg = kept
+            tracker.begin(seg, self._local_partners(state, index))
+            counter.update(acts[name], seg, sink=tracker, count=False)
+        return tracker
+
+    def _activation_cache(self) -> ActivationCache:
+        if self._cache is None:
+            self._cache = ActivationCache(self.cache_bytes)
+        return self._cache
+
+    def _batch_bytes(self, n: int) -> int:
+        """What ``n`` samples take in the activation cache (float32 layer outputs, int16 labels)."""
+        p = self.probe()
+        per_sample = sum(p.units[k] * p.grid[k][0] * p.grid[k][1] * 4 for k in self.layers)
+        return n * (per_sample + p.seg_heads * p.seg_size[0] * p.seg_size[1] * 2)
 
     @staticmethod
     def _local_partners(state: CountPass, index: torch.Tensor) -> torch.Tensor:
@@ -449,17 +417,12 @@ def _trust(metric: DissectionMetric, level_index: torch.Tensor | None
     tracker = metric.tracker
     if tracker is None or level_index is None or int(tracker.null.samples) == 0:
         return None
+    if tracker.at_level is not None:  # kept at the chosen levels only (a replayed run)
+        if not torch.equal(tracker.at_level, level_index.long()):
+            raise RuntimeError("label statistics were kept at other levels than the metric chose")
+        level_index = torch.zeros_like(level_index)
     observed, null = tracker.observed.at(level_index), tracker.null.at(level_index)
     return confidence_interval(observed), null.iou.float(), null_pvalues(observed, null)
-
-
-def _upsampler(acts: torch.Tensor, size: tuple[int, int]) -> Callable[[], torch.Tensor]:
-    """``LevelBatch.upsampled``: the layer output bilinearly upsampled to the segmentation size, on demand."""
-
-    def upsampled() -> torch.Tensor:
-        return F.interpolate(acts, size=size, mode="bilinear", align_corners=False)
-
-    return upsampled
 
 
 def validate_settings(samples: Any, threshold: Any, batch_size: Any) -> None:
@@ -496,6 +459,7 @@ def dissect(  # type: ignore[overload-overlap]
     top_k: int = 20,
     metric: str | None = None,
     control: str | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> Dissection: ...
 
 
@@ -516,6 +480,7 @@ def dissect(
     top_k: int = 20,
     metric: str | None = None,
     control: str | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> list[Dissection]: ...
 
 
@@ -535,6 +500,7 @@ def dissect(
     top_k: int = 20,
     metric: str | None = None,
     control: str | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> Dissection | list[Dissection]:
     """Dissect ``layer`` (or a list of layers) of ``generator`` against ``segmenter``.
 
@@ -545,6 +511,8 @@ def dissect(
     Every unit label carries a 95% interval, the IoU of the spatial-prior null and a
     p-value (``Dissection.significant(fdr)``); ``control="random-weights"`` dissects a
     seeded re-initialisation of the generator instead (see :func:`random_weights`).
+    ``cache_bytes`` is the disk pass 1 may use to keep layer outputs and labels so pass 2
+    replays them (:mod:`gdx.replay`; 0: pass 2 runs the models again); results are the same.
 
     >>> gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
     >>> d = gdx.dissect(gen, seg, "features", samples=200, seed=0)
@@ -555,6 +523,7 @@ def dissect(
         generator, segmenter, [layer] if isinstance(layer, str) else list(layer), samples=samples, seed=seed,
         threshold=threshold, batch_size=batch_size, device=device, registry=registry,
         sketch_size=sketch_size, top_k=top_k, metric=metric, progress=progress, control=control,
+        cache_bytes=cache_bytes,
     )
     levels = run.level_pass()
     counts = run.count_pass(levels)

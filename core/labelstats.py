@@ -87,9 +87,13 @@ class IoUMoments:
         start, stop = units
         U, L, C = stop - start, self.num_levels, self.num_labels
         L1 = L + 1
-        keep = include[sample]
-        sample, unit, bucket, label = sample[keep], unit[keep], bucket[keep], label[keep]
-        area = area * include[:, None]
+        if not bool(include.all()):
+            keep = include.index_select(0, sample).nonzero().squeeze(1)
+            sample, unit, bucket, label = (t.index_select(0, keep) for t in (sample, unit, bucket, label))
+            area = area * include[:, None]
+        if L == 1:
+            self._add_one_level(sample * U + unit, label, area, n, units)
+            return
         # per-sample pixels above each level: (n, U, L)
         su = sample * U + unit
         hist = torch.bincount(su * L1 + bucket, minlength=n * U * L1).view(n, U, L1)
@@ -119,6 +123,31 @@ class IoUMoments:
         self.above[start:stop] += a.sum(0).cpu()
         self.saa[start:stop] += (a * a).sum(0).cpu()
 
+    def _add_one_level(self, su: torch.Tensor, label: torch.Tensor, area: torch.Tensor, n: int,
+                       units: tuple[int, int]) -> None:
+        """:meth:`add` at one level per unit (every pixel given is above it): dense per-sample counts.
+
+        The same integer sums as the general path, from (sample, unit, label) counts of
+        size n x U x C instead of compacted per-level rows.
+        """
+        start, stop = units
+        U, C = stop - start, self.num_labels
+        a = torch.bincount(su, minlength=n * U).view(n, U, 1)  # pixels above, per sample and unit
+        K = label.shape[1]
+        keys = su[:, None] * C + label
+        ok = label >= 0
+        x = torch.bincount(keys[ok] if K > 1 or not bool(ok.all()) else keys.view(-1),
+                           minlength=n * U * C).view(n, U, C)
+        y = area[:, None, :]  # n, 1, C
+        self.cooc[start:stop, :, 0] += x.sum(0)
+        self.sxx[start:stop, :, 0] += (x * x).sum(0)
+        self.sxa[start:stop, :, 0] += (x * a).sum(0)
+        self.sxy[start:stop, :, 0] += (x * y).sum(0)
+        say = torch.mm(area.double().t(), a.reshape(n, U).double()).round().to(torch.int64)
+        self.say[:, start:stop, 0] += say
+        self.above[start:stop, 0] += a.sum(0)[:, 0]
+        self.saa[start:stop, 0] += (a * a).sum(0)[:, 0]
+
     def add_areas(self, area: torch.Tensor, include: torch.Tensor, pixels_per_sample: int) -> None:
         """Per-sample label areas (n, C) of one batch; ``include`` (n,) the samples that count."""
         area = (area * include[:, None]).cpu()
@@ -137,6 +166,7 @@ class IoUMoments:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name in self.names:
             setattr(self, name, state[name].clone())
+        self.num_levels = int(self.cooc.shape[2])
 
     def at(self, level_index: torch.Tensor) -> "IoUEstimate":
         """IoU and its Poisson-bootstrap standard error at each unit's level: (U, C) each."""
@@ -211,8 +241,11 @@ class LabelTracker:
     partners, then feed it to ``LevelCounts.update(..., sink=tracker)``.
     """
 
-    def __init__(self, units: int, levels: int, labels: int) -> None:
+    def __init__(self, units: int, levels: int, labels: int, *, at_level: torch.Tensor | None = None) -> None:
         self.num_labels = labels
+        #: (U,) when the moments are kept at one level per unit, the metric's chosen one (its
+        #: index among the metric's levels); None when kept at every level.
+        self.at_level = at_level
         self.observed = IoUMoments(units, levels, labels)
         self.null = IoUMoments(units, levels, labels)
         self._lab = torch.empty(0, 0, 0, dtype=torch.int64)
@@ -240,25 +273,35 @@ class LabelTracker:
 
     def __call__(self, sample: torch.Tensor, unit: torch.Tensor, bucket: torch.Tensor, pos: torch.Tensor,
                  units: tuple[int, int]) -> None:
-        n = self._lab.shape[0]
+        n, K, hw = self._lab.shape
+        rows = self._lab.transpose(1, 2).reshape(n * hw, K)  # one row of labels per (sample, pixel)
         if self._observe:
-            self.observed.add(sample, unit, bucket, self._lab[sample, :, pos], self._area,
+            self.observed.add(sample, unit, bucket, rows.index_select(0, sample * hw + pos), self._area,
                               torch.ones(n, dtype=torch.bool, device=sample.device), units)
         include = self._partner >= 0
         if bool(include.any()):
             other = self._partner.clamp(min=0)
-            self.null.add(sample, unit, bucket, self._lab[other[sample], :, pos], self._area[other], include, units)
+            self.null.add(sample, unit, bucket, rows.index_select(0, other.index_select(0, sample) * hw + pos),
+                          self._area[other], include, units)
 
     def merge(self, other: "LabelTracker") -> None:
+        if self.at_level is not None or other.at_level is not None:
+            raise ValueError(
+                "label statistics kept at the chosen levels of a finished run cannot be merged; "
+                "merge the shards' counts before choosing levels"
+            )
         self.observed.merge(other.observed)
         self.null.merge(other.null)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"observed.{k}": v for k, v in self.observed.state_dict().items()}
         out.update({f"null.{k}": v for k, v in self.null.state_dict().items()})
+        if self.at_level is not None:
+            out["at_level"] = self.at_level
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.at_level = state["at_level"].clone() if "at_level" in state else None
         self.observed.load_state_dict({k[len("observed."):]: v for k, v in state.items() if k.startswith("observed.")})
         self.null.load_state_dict({k[len("null."):]: v for k, v in state.items() if k.startswith("null.")})
 

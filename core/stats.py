@@ -81,6 +81,32 @@ def bilinear_at(acts: torch.Tensor, n_idx: torch.Tensor, y: torch.Tensor, x: tor
     return top * (1 - wy) + bottom * wy
 
 
+_cutoffs: dict[tuple[int, int, int, int], int] = {}
+
+
+def winning_key_cutoff(samples: int, pixels: int, size: int, seed: int) -> int:
+    """The largest key among the ``size`` smallest of all ``samples x pixels`` pixel keys.
+
+    Keys depend only on (sample, pixel, seed), so a :class:`PointSample` of a run of known
+    length knows its winners before it sees an activation: streamed over chunks of keys,
+    bounded memory, cached per run shape (about a second per 16M pixels).
+    """
+    cache_key = (samples, pixels, size, seed)
+    if cache_key not in _cutoffs:
+        total = samples * pixels
+        if total <= size:
+            _cutoffs[cache_key] = (1 << 63) - 1
+        else:
+            best = np.empty(0, dtype=np.int64)
+            chunk = max(1 << 17, 2 * size)  # small chunks: peak memory stays flat whatever the run length
+            for c0 in range(0, total, chunk):
+                keys = hash_keys(torch.arange(c0, min(total, c0 + chunk), dtype=torch.int64), seed).numpy()
+                both = np.concatenate([best, keys])
+                best = np.partition(both, size - 1)[:size] if len(both) > size else both
+            _cutoffs[cache_key] = int(best.max())
+    return _cutoffs[cache_key]
+
+
 class PointSample:
     """A fixed-size, order-independent uniform sample of upsampled unit values.
 
@@ -90,8 +116,12 @@ class PointSample:
     order or sharding, so ``merge`` is exact. Memory: ``size x units`` floats.
     """
 
-    def __init__(self, units: int, out_size: tuple[int, int], *, size: int = 16384, seed: int = 0) -> None:
+    def __init__(self, units: int, out_size: tuple[int, int], *, size: int = 16384, seed: int = 0,
+                 total_samples: int | None = None) -> None:
         self.units, self.size, self.seed = units, int(size), int(seed)
+        #: Samples in the whole run, when known: the winning keys are then known before any
+        #: activation is (:func:`winning_key_cutoff`), and a batch computes only its winners.
+        self.total_samples = total_samples
         self.out_size: tuple[int, int] = (int(out_size[0]), int(out_size[1]))
         self.keys = torch.empty(0, dtype=torch.int64)
         self.values = torch.empty(0, units)
@@ -103,7 +133,11 @@ class PointSample:
         pixel = torch.arange(hw, dtype=torch.int64)
         flat = sample_index.to(torch.int64).cpu()[:, None] * hw + pixel[None, :]
         keys = hash_keys(flat.reshape(-1), self.seed)
-        if len(self.keys) >= self.size:
+        if self.total_samples is not None:
+            cand = (keys <= winning_key_cutoff(self.total_samples, hw, self.size, self.seed)).nonzero().squeeze(1)
+            if cand.numel() == 0:
+                return
+        elif len(self.keys) >= self.size:
             cutoff = self.keys.max()
             keep = keys < cutoff
             if not bool(keep.any()):
@@ -204,6 +238,50 @@ class PixelSink(Protocol):
                  units: tuple[int, int]) -> None: ...
 
 
+#: Cells per unit of :func:`bucketize`'s lookup table.
+BUCKET_CELLS = 16384
+
+
+def bucketize(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """#levels strictly below each value, per unit: ``searchsorted(levels[u], v, right=False)``.
+
+    ``values`` (n, U, P) float32, ``levels`` (U, L) ascending per unit; int32 (n, U, P).
+    A binary search per value costs ~45 ns here; instead each unit's range [first level,
+    last level] is cut into equal cells and a table holds how many levels lie in the
+    cells before each one. A value's cell is computed by the same monotone float32
+    formula as the levels' cells, so every level in an earlier cell is below it and every
+    level in a later cell above it: the table is exact for values in a cell without a
+    level, and only the others (a few percent) are searched. Same result, ~2x faster.
+    """
+    n, U, P = values.shape
+    if levels.shape[1] == 1:  # one level: above it or not
+        return (values > levels[None, :, :1]).to(torch.int32)
+    G = BUCKET_CELLS
+    lo, hi = levels[:, :1], levels[:, -1:]
+    scale = torch.where(hi > lo, G / (hi - lo), torch.zeros_like(hi))  # (U, 1); equal levels: one cell
+
+    def cell(x: torch.Tensor, lo_: torch.Tensor, scale_: torch.Tensor) -> torch.Tensor:
+        return ((x - lo_) * scale_).clamp_(0, G - 1).to(torch.int32)
+
+    level_cell = cell(levels, lo, scale).long()  # (U, L), non-decreasing per unit
+    per_cell = torch.zeros(U, G + 1, dtype=torch.int64, device=levels.device)
+    per_cell[:, 1:].scatter_add_(1, level_cell, torch.ones_like(level_cell))
+    before = per_cell.cumsum(1).to(torch.int32).view(-1)  # before[u * (G+1) + g] = #levels in cells < g
+    key = cell(values, lo[None], scale[None])  # (n, U, P)
+    key += (torch.arange(U, device=values.device, dtype=torch.int32) * (G + 1))[None, :, None]
+    out = before.index_select(0, key.view(-1)).view(n, U, P)
+    key += 1
+    in_cell = before.index_select(0, key.view(-1))
+    del key
+    in_cell -= out.view(-1)  # levels sharing the value's cell: those values need a search
+    need = in_cell.nonzero().squeeze(1)
+    if need.numel():
+        unit = torch.div(need, P, rounding_mode="floor") % U
+        found = LevelCounts._buckets(values.reshape(-1).index_select(0, need), unit, levels)
+        out.view(-1)[need] = found.to(torch.int32)
+    return out
+
+
 class LevelCounts:
     """Exact pixel counts at per-unit levels: above-level totals and label co-occurrence.
 
@@ -221,13 +299,56 @@ class LevelCounts:
         self.units, self.num_levels = self.levels.shape
         self.num_labels = int(num_labels)
         self.unit_chunk = unit_chunk
-        self.above = torch.zeros(self.units, self.num_levels, dtype=torch.int64)
-        self.cooc = torch.zeros(self.units, self.num_levels, self.num_labels, dtype=torch.int64)
+        self._above = torch.zeros(self.units, self.num_levels, dtype=torch.int64)
+        self._cooc = torch.zeros(self.units, self.num_levels, self.num_labels, dtype=torch.int64)
+        # Batches add to per-bucket histograms (unit, bucket, label + 1) and (unit, bucket); the
+        # cumulative counts above each level are folded in when read: no per-batch cumsum.
+        self._hist: torch.Tensor | None = None
+        self._hist_above: torch.Tensor | None = None
         self.area = torch.zeros(self.num_labels, dtype=torch.int64)
         self.pixels = torch.zeros((), dtype=torch.int64)
         self._dev_levels: dict[torch.device, torch.Tensor] = {}
         self._sink: PixelSink | None = None
         self._count = True
+
+    @property
+    def above(self) -> torch.Tensor:
+        """(U, L) int64: pixels above each level."""
+        self._fold()
+        return self._above
+
+    @above.setter
+    def above(self, value: torch.Tensor) -> None:
+        self._fold()
+        self._above = value
+
+    @property
+    def cooc(self) -> torch.Tensor:
+        """(U, L, C) int64: pixels above each level with each label."""
+        self._fold()
+        return self._cooc
+
+    @cooc.setter
+    def cooc(self, value: torch.Tensor) -> None:
+        self._fold()
+        self._cooc = value
+
+    def _fold(self) -> None:
+        """Add the pending per-bucket histograms to the counts (above level j = buckets > j)."""
+        if self._hist is not None and self._hist_above is not None:
+            L1, C1 = self.num_levels + 1, self.num_labels + 1
+            hist = self._hist.cpu().view(self.units, L1, C1)
+            hist_above = self._hist_above.cpu().view(self.units, L1)
+            self._hist = self._hist_above = None
+            self._cooc += hist.flip(1).cumsum(1).flip(1)[:, 1:, 1:]
+            self._above += hist_above.flip(1).cumsum(1).flip(1)[:, 1:]
+
+    def _pending(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._hist is None or self._hist_above is None:
+            L1, C1 = self.num_levels + 1, self.num_labels + 1
+            self._hist = torch.zeros(self.units * L1 * C1, dtype=torch.int64, device=device)
+            self._hist_above = torch.zeros(self.units * L1, dtype=torch.int64, device=device)
+        return self._hist, self._hist_above
 
     def _levels_on(self, device: torch.device) -> torch.Tensor:
         if device not in self._dev_levels:
@@ -253,19 +374,17 @@ class LevelCounts:
         block = s * h == H and s * w == W and s >= 1
         levels = self._levels_on(acts.device)
         acts = acts.float()
-        if block and self._sparse_pays(acts, levels):
-            # few cells can pass: one sweep over all units keeps the op count low
-            self._count_sparse(acts, labels, levels, 0, s)
-            return
+        if block:
+            padded = F.pad(acts, (1, 1, 1, 1), mode="replicate")  # n, U, h+2, w+2
+            hot = padded > levels[None, :, 0, None, None]
+            # The block path wins when few cells can exceed the lowest level.
+            if bool(hot[..., 1:-1, 1:-1].float().mean() < 0.25):
+                # few cells can pass: one sweep over all units keeps the op count low
+                self._count_sparse(padded, hot, labels, levels, 0, s)
+                return
         for start in range(0, self.units, self.unit_chunk):
             stop = min(start + self.unit_chunk, self.units)
             self._count_dense(acts[:, start:stop], labels, levels[start:stop], start, (H, W))
-
-    @staticmethod
-    def _sparse_pays(chunk: torch.Tensor, lv: torch.Tensor) -> bool:
-        # The block path wins when few cells can exceed the lowest level.
-        active = (chunk > lv[None, :, 0, None, None]).float().mean()
-        return bool(active < 0.25)
 
     def _accumulate(self, unit_local: torch.Tensor, bucket: torch.Tensor, lab: torch.Tensor, start: int,
                     span: int) -> None:
@@ -277,15 +396,13 @@ class LevelCounts:
         L1, C1 = self.num_levels + 1, self.num_labels + 1
         if not self._count:
             return
-        base = (unit_local * L1 + bucket) * C1
+        hist, hist_above = self._pending(unit_local.device)
+        unit_bucket = (unit_local + start) * L1 + bucket
+        hist_above.index_add_(0, unit_bucket, torch.ones_like(unit_bucket))
+        base = unit_bucket * C1
         for k in range(lab.shape[1]):
             idx = base + (lab[:, k] + 1).clamp(min=0)
-            hist = torch.bincount(idx.flatten(), minlength=span * L1 * C1).view(span, L1, C1)
-            # counts above level j = pixels whose bucket > j: reverse cumulative sum over buckets
-            above_j = hist.flip(1).cumsum(1).flip(1)[:, 1:].cpu()  # span, L, C+1
-            self.cooc[start : start + span] += above_j[..., 1:]
-            if k == 0:
-                self.above[start : start + span] += above_j.sum(2)
+            hist.index_add_(0, idx, torch.ones_like(idx))
 
     def _count_dense(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int,
                      size: tuple[int, int]) -> None:
@@ -293,66 +410,91 @@ class LevelCounts:
         L1, C1 = self.num_levels + 1, self.num_labels + 1
         up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False).flatten(2)  # n, span, H*W
         # #levels below each value, computed in place: idx = bucket * C1 + unit * L1 * C1 + label + 1
-        idx = torch.searchsorted(lv.expand(n, span, -1).contiguous(), up.contiguous(), right=False)
+        idx = bucketize(up, lv)
         del up
         if self._sink is not None:
             step = max(1, (1 << 22) // max(1, span * idx.shape[2]))  # a few samples at a time: bounded lists
+            P = idx.shape[2]
             for i in range(0, n, step):
-                hit = (idx[i : i + step] > 0).nonzero()
-                self._sink(hit[:, 0] + i, hit[:, 1], idx[i : i + step][hit[:, 0], hit[:, 1], hit[:, 2]], hit[:, 2],
+                part = idx[i : i + step].reshape(-1)
+                hit = (part > 0).nonzero().squeeze(1)  # flat (sample, unit, pixel) of the pixels above
+                row = torch.div(hit, P, rounding_mode="floor")
+                bucket = part.index_select(0, hit).long() if lv.shape[1] > 1 else torch.ones_like(hit)
+                self._sink(torch.div(row, span, rounding_mode="floor") + i, row % span, bucket, hit - row * P,
                            (start, start + span))
         if not self._count:
             return
+        if span * L1 * C1 >= 1 << 31:
+            idx = idx.long()
         idx.mul_(C1)
-        unit_term = (torch.arange(span, device=chunk.device) * (L1 * C1))[None, :, None]
+        unit_term = (torch.arange(span, device=chunk.device, dtype=idx.dtype) * (L1 * C1))[None, :, None]
         for k in range(labels.shape[1]):
-            lab_term = (labels[:, k].flatten(1) + 1).clamp(min=0)[:, None, :]  # n, 1, H*W
+            lab_term = (labels[:, k].flatten(1) + 1).clamp(min=0).to(idx.dtype)[:, None, :]  # n, 1, H*W
             full = idx + (unit_term + lab_term) if labels.shape[1] > 1 else idx.add_(unit_term + lab_term)
             hist = torch.bincount(full.flatten(), minlength=span * L1 * C1).view(span, L1, C1)
-            above_j = hist.flip(1).cumsum(1).flip(1)[:, 1:].cpu()
-            self.cooc[start : start + span] += above_j[..., 1:]
+            pend, pend_above = self._pending(hist.device)
+            pend.view(self.units, L1, C1)[start : start + span] += hist
             if k == 0:
-                self.above[start : start + span] += above_j.sum(2)
+                pend_above.view(self.units, L1)[start : start + span] += hist.sum(2)
 
-    def _count_sparse(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int, s: int) -> None:
+    def _count_sparse(self, padded: torch.Tensor, hot: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor,
+                      start: int, s: int) -> None:
         """Integer scale ``s``: upsample only the dual cells whose corners can pass the lowest level.
 
         Bilinear values inside a cell never exceed its largest corner, so cells whose
-        corners are all below the lowest level hold no pixel that counts.
+        corners are all below the lowest level hold no pixel that counts. ``padded`` is
+        the layer output with a one-cell replicate border, ``hot`` where it exceeds the
+        unit's lowest level; only the active cells' corners are gathered.
         """
-        n, span, h, w = chunk.shape
+        n, span, h2, w2 = padded.shape
+        h, w = h2 - 2, w2 - 2
         H, W = h * s, w * s
-        padded = F.pad(chunk, (1, 1, 1, 1), mode="replicate")  # n, span, h+2, w+2
-        corners = torch.stack([padded[..., :-1, :-1], padded[..., :-1, 1:], padded[..., 1:, :-1],
-                               padded[..., 1:, 1:]], dim=-1)  # n, span, h+1, w+1, 4
         low = lv[:, 0]
-        active = corners.amax(-1) > low[None, :, None, None]
+        active = hot[..., :-1, :-1] | hot[..., :-1, 1:] | hot[..., 1:, :-1] | hot[..., 1:, 1:]
         if not bool(active.any()):
             return
         where = active.nonzero()  # A x (i, u, a, b)
-        vals = corners[active] @ self._block_weights(s, chunk.device)  # A, s*s
-        u_cell = where[:, 1]
-        hit = (vals > low[u_cell][:, None]).nonzero()  # P x (cell, pixel in block)
-        cell, pix = hit[:, 0], hit[:, 1]
-        v = vals[cell, pix]
-        u = u_cell[cell]
-        # Labels from a canvas aligned to the dual cells; -2 marks pixels outside the image.
+        flat = padded.reshape(-1)
+        corner00 = ((where[:, 0] * span + where[:, 1]) * h2 + where[:, 2]) * w2 + where[:, 3]
+        corners = torch.stack([flat[corner00], flat[corner00 + 1], flat[corner00 + w2], flat[corner00 + w2 + 1]], 1)
+        vals = corners @ self._block_weights(s, padded.device)  # A, s*s
+        ss = s * s
         off = -((s + 1) // 2)
+        # the border cells reach past the image: their outside pixels can never count
+        border = (where[:, 2] == 0) | (where[:, 2] == h) | (where[:, 3] == 0) | (where[:, 3] == w)
+        if bool(border.any()):
+            rows, cols = self._inside(s, h, off, padded.device), self._inside(s, w, off, padded.device)
+            b = border.nonzero().squeeze(1)
+            ok = (rows[where[b, 2]][:, :, None] & cols[where[b, 3]][:, None, :]).view(len(b), ss)
+            vals[b] = vals[b].masked_fill(~ok, float("-inf"))
+        u_cell = where[:, 1]
+        hit = (vals > low[u_cell][:, None]).view(-1).nonzero().squeeze(1)  # P: cell * s*s + pixel
+        cell = torch.div(hit, ss, rounding_mode="floor")
+        pix = hit - cell * ss
+        v = vals.view(-1).index_select(0, hit)
+        u = u_cell.index_select(0, cell)
+        # flat (sample, y, x) of each pixel: its cell's top-left pixel plus the pixel's offset
+        cell_base = (where[:, 0] * H + where[:, 2] * s + off) * W + where[:, 3] * s + off  # A
+        flat_pos = cell_base.index_select(0, cell) + self._pixel_offsets(s, W, padded.device).index_select(0, pix)
         K = labels.shape[1]
-        Hc, Wc = (h + 1) * s, (w + 1) * s
-        canvas = torch.full((n, Hc, Wc, K), -2, dtype=labels.dtype, device=labels.device)
-        canvas[:, -off : -off + H, -off : -off + W] = labels.permute(0, 2, 3, 1)
-        cell_base = (where[:, 0] * Hc + where[:, 2] * s) * Wc + where[:, 3] * s  # A
-        pix_offset = self._pixel_offsets(s, Wc, chunk.device)  # s*s
-        lab = canvas.view(-1, K)[cell_base[cell] + pix_offset[pix]]  # P, K
-        inside = lab[:, 0] != -2
-        u, v, lab = u[inside], v[inside], lab[inside]
-        bucket = self._buckets(v, u, lv)
+        lab = labels.permute(0, 2, 3, 1).reshape(-1, K).index_select(0, flat_pos)  # P, K
+        # one level (the label statistics' sweep): every pixel kept is above it
+        bucket = self._buckets(v, u, lv) if lv.shape[1] > 1 else torch.ones_like(u)
         if self._sink is not None:
-            cy = where[:, 2][cell][inside] * s + pix[inside] // s + off
-            cx = where[:, 3][cell][inside] * s + pix[inside] % s + off
-            self._sink(where[:, 0][cell][inside], u, bucket, cy * W + cx, (start, start + span))
+            sample = torch.div(flat_pos, H * W, rounding_mode="floor")
+            self._sink(sample, u, bucket, flat_pos - sample * (H * W), (start, start + span))
         self._accumulate(u, bucket, lab, start, span)
+
+    _inside_cache: ClassVar[dict[tuple[int, int, int, str], torch.Tensor]] = {}
+
+    @classmethod
+    def _inside(cls, s: int, h: int, off: int, device: torch.device) -> torch.Tensor:
+        """(h+1, s) bool: pixel ``r`` of dual-cell row ``a`` lies inside the image (0 <= a*s + r + off < h*s)."""
+        key = (s, h, off, str(device))
+        if key not in cls._inside_cache:
+            y = torch.arange(h + 1, device=device)[:, None] * s + torch.arange(s, device=device)[None, :] + off
+            cls._inside_cache[key] = (y >= 0) & (y < h * s)
+        return cls._inside_cache[key]
 
     @staticmethod
     def _buckets(v: torch.Tensor, u: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,11 @@ def test_shards_merge_bit_for_bit_with_the_new_statistics():
     assert merged.significant() == whole.significant()
 
 
-def test_killed_and_resumed_run_gives_the_same_pvalues(tmp_path):
+@pytest.mark.parametrize("cache_bytes, die_at, phase", [
+    (0, 28, 2),          # no activation cache: pass 2 regenerates, and is killed half way
+    (1 << 30, 10, 1),    # cached: killed in pass 1; the resumed run replays only part, streams the rest
+])
+def test_killed_and_resumed_run_gives_the_same_pvalues(tmp_path, cache_bytes, die_at, phase):
     from gdx.runs import CheckpointedRun
 
     gen, seg = trust_pair()
@@ -130,7 +134,7 @@ def test_killed_and_resumed_run_gives_the_same_pvalues(tmp_path):
         pass
 
     class Dying(gdx.Generator):
-        name, module, calls, die_at = "dying", gen.module, 0, 28
+        name, module, calls = "dying", gen.module, 0
 
         def sample_latents(self, n, *, seed):
             return gen.sample_latents(n, seed=seed)
@@ -142,16 +146,17 @@ def test_killed_and_resumed_run_gives_the_same_pvalues(tmp_path):
             return gen.generate(z)
 
     dying = Dying()
+    dying.die_at = die_at
     settings = {"case": "kill"}
-    run = gdx.DissectionRun(dying, seg, ["features"], samples=64, batch_size=4, threshold=0.9)
+    run = gdx.DissectionRun(dying, seg, ["features"], samples=64, batch_size=4, threshold=0.9, cache_bytes=cache_bytes)
     with pytest.raises(Killed):
         CheckpointedRun(tmp_path, run, settings, checkpoint_every=2).execute(resume=False)
     from gdx.runs import checkpoint_header
 
     meta = checkpoint_header(tmp_path / "checkpoint" / "rank0.safetensors")
-    assert meta["phase"] == 2 and 0 < meta["next"] < 64  # killed inside pass 2
+    assert meta["phase"] == phase and 0 < meta["next"] < 64  # killed inside that pass
     dying.die_at = -1
-    run2 = gdx.DissectionRun(dying, seg, ["features"], samples=64, batch_size=4, threshold=0.9)
+    run2 = gdx.DissectionRun(dying, seg, ["features"], samples=64, batch_size=4, threshold=0.9, cache_bytes=cache_bytes)
     [resumed] = CheckpointedRun(tmp_path, run2, settings, checkpoint_every=2).execute(resume=True)
     clean = gdx.dissect(gen, seg, "features", samples=64, batch_size=4, threshold=0.9, progress=False)
     assert torch.equal(resumed.pvalue, clean.pvalue) and torch.equal(resumed.iou_ci, clean.iou_ci)

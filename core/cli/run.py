@@ -22,6 +22,7 @@ from gdx.cli.options import (
     parse_threshold,
 )
 from gdx.hookspecs import hookimpl
+from gdx.replay import DEFAULT_CACHE_BYTES
 from gdx.results import Dissection
 
 
@@ -50,11 +51,14 @@ def register_commands(cli: click.Group) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--control", default=None, type=click.Choice(["random-weights"]),
               help="Dissect a control instead: random-weights re-initialises the generator (seeded by --seed).")
+@click.option("--cache-gb", default=DEFAULT_CACHE_BYTES / (1 << 30), show_default=True, type=click.FloatRange(min=0),
+              help="Disk for keeping pass 1's layer outputs so pass 2 replays them instead of running the models "
+                   "again (an anonymous temp file, at most half the free disk); 0 turns it off. Results are identical.")
 @friendly_errors
 def run(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: tuple[str, ...],
         device: str | None, layers: tuple[str, ...], samples: int, batch_size: int | None, seed: int,
         threshold: str, out: str | None, top: int, checkpoint_every: int, resume: bool, overwrite: bool,
-        workers: int, make_report: bool, quiet: bool, control: str | None) -> None:
+        workers: int, make_report: bool, quiet: bool, control: str | None, cache_gb: float) -> None:
     """Dissect generator layers: which units match which concepts (docs/method.md, "Dissection")."""
     from gdx.distributed import barrier, init_world, launched_by_torchrun, shutdown
     from gdx.dissection import DissectionRun
@@ -94,7 +98,7 @@ def run(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: t
         started = time.time()
         dissection = DissectionRun(generator, models.segmenter, chosen, samples=samples, batch_size=batch_size,
                                    seed=seed, threshold=thr, device=device, progress=not quiet and world.is_main,
-                                   control=control)
+                                   control=control, cache_bytes=int(cache_gb * (1 << 30)))
         manifest = RunManifest(
             generator=models.generator_spec, segmenter=models.segmenter_spec, layers=chosen, samples=samples,
             seed=seed, threshold=thr, batch_size=dissection.batch_size, sketch_size=dissection.sketch_size,
