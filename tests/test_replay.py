@@ -128,3 +128,28 @@ def test_statistics_kept_at_chosen_levels_refuse_to_merge():
     back = LabelTracker(3, 5, 4)
     back.load_state_dict(finished.state_dict())
     assert back.at_level is not None and back.observed.num_levels == 1
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "all_equal", "coarse", "tiny", "next_to_a_level", "one_level"])
+def test_lookup_table_bucketize_equals_searchsorted(case):
+    from gdx.stats import bucketize
+
+    gen = torch.Generator().manual_seed(1)
+    n, U, P, L = 3, 7, 4000, 1 if case == "one_level" else 60
+    values = torch.randn(n, U, P, generator=gen)
+    levels = torch.sort(torch.randn(U, L, generator=gen), 1).values
+    if case == "ties":  # many levels equal, many values equal to them (ReLU-like maps)
+        levels[:, 10:40] = 0.0
+        values[:, :, :1500] = 0.0
+        levels = torch.sort(levels, 1).values
+    elif case == "all_equal":
+        levels[:] = 0.5
+        values[:, :, :100] = 0.5
+    elif case == "coarse":
+        values, levels = values.round(decimals=1), torch.sort(levels.round(decimals=1), 1).values
+    elif case == "tiny":
+        values, levels = values * 1e-30, levels * 1e-30
+    elif case == "next_to_a_level":  # one float step above a level must count it
+        values = torch.nextafter(levels[None, :, 3:4].expand(n, U, P), torch.tensor(9.0)).contiguous()
+    expected = torch.searchsorted(levels.expand(n, U, -1).contiguous(), values.contiguous(), right=False)
+    assert torch.equal(bucketize(values, levels).long(), expected)
