@@ -309,7 +309,7 @@ class DissectionRun:
     def _count_inputs(self, cache: ActivationCache, batch: int, index: torch.Tensor
                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """A pass-2 batch's layer outputs and labels: from the cache, else from the models."""
-        kept = cache.get(int(index[0]), int(index[-1]) + 1)
+        kept = self._replayed(cache, index)
         if kept is not None:
             return kept
         acts, images = self._layer_outputs(self._z(index), stop=False, batch=batch, index=index)
@@ -327,12 +327,21 @@ class DissectionRun:
         tracker = LabelTracker(chosen.shape[0], 1, labels, at_level=level_index.long())
         counter = LevelCounts(chosen, labels)
         for _, index in self.count_batches(0, self.samples):
-            kept = cache.get(int(index[0]), int(index[-1]) + 1)
+            kept = self._replayed(cache, index)
             assert kept is not None
             acts, seg = kept
             tracker.begin(seg, self._local_partners(state, index))
             counter.update(acts[name], seg, sink=tracker, count=False)
         return tracker
+
+    def _replayed(self, cache: ActivationCache, index: torch.Tensor
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """A cached batch, on the device the models run on (counting runs where it ran before)."""
+        kept = cache.get(int(index[0]), int(index[-1]) + 1)
+        if kept is None:
+            return None
+        device = self.generator.device
+        return {k: v.to(device) for k, v in kept[0].items()}, kept[1].to(device)
 
     def _activation_cache(self) -> ActivationCache:
         if self._cache is None:

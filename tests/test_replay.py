@@ -153,3 +153,11 @@ def test_lookup_table_bucketize_equals_searchsorted(case):
         values = torch.nextafter(levels[None, :, 3:4].expand(n, U, P), torch.tensor(9.0)).contiguous()
     expected = torch.searchsorted(levels.expand(n, U, -1).contiguous(), values.contiguous(), right=False)
     assert torch.equal(bucketize(values, levels).long(), expected)
+    # the ragged form (pixels of mixed units, as the sparse counting path has them)
+    from gdx.stats import LevelTable
+
+    unit = torch.randint(0, U, (5000,), generator=gen)
+    pick = torch.randint(0, n * P, (5000,), generator=gen)
+    mixed = values.permute(1, 0, 2).reshape(U, -1)[unit, pick]
+    want = expected.permute(1, 0, 2).reshape(U, -1)[unit, pick]
+    assert torch.equal(LevelTable(levels).ragged(mixed, unit), want)
