@@ -55,6 +55,9 @@ def test_deterministic(toy):
     assert torch.equal(again.features, inv.features) and torch.equal(again.latents, inv.latents)
     other = gdx.invert(gen, photos[:1], layer="features", latent_steps=30, feature_steps=0, seed=5)
     assert not torch.equal(other.latents, inv.latents[:1])
+    # early stop: a tolerance every image already meets ends both stages before their first step
+    done = gdx.invert(gen, photos, layer="features", latent_steps=30, feature_steps=80, tolerance=10.0)
+    assert done.steps == (0, 0) and inv.steps[0] == 30 and 0 < inv.steps[1] <= 80  # the toy stops at ~74
 
 
 def test_toy_edit_stays_in_the_stroke(toy):
