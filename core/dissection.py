@@ -318,7 +318,8 @@ class DissectionRun:
     def _replay_trust(self, cache: ActivationCache, state: CountPass, name: str) -> LabelTracker | None:
         """The label statistics of layer ``name`` at each unit's chosen level, from the cached batches."""
         metric = state.metrics[name]
-        level_index = metric.result().level_index
+        scores = state.scores[name] = metric.result()
+        level_index = scores.level_index
         if level_index is None or metric.levels is None:
             return None
         units = torch.arange(metric.levels.shape[0])
@@ -373,7 +374,7 @@ class DissectionRun:
         categories = dict(self.segmenter.categories)
         for name in self.layers:
             metric = counts.metrics[name]
-            scores = metric.result()
+            scores = counts.scores.get(name) or metric.result()
             trust = _trust(metric, scores.level_index)
             unit_labels = []
             for u in range(len(scores.best_label)):

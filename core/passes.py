@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gdx.labelstats import null_partners
-from gdx.scores import DissectionMetric, LevelBatch
+from gdx.scores import DissectionMetric, LevelBatch, UnitScores
 from gdx.stats import PointSample, TopSamples
 
 
@@ -78,8 +78,12 @@ class CountPass:
     seen: int = 0
     null: NullBlocks | None = None
     pending: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = field(default_factory=dict)
+    #: Each layer's final scores, when a replayed run already computed them (not saved: a
+    #: loaded state recomputes them from the counts, with the same result).
+    scores: dict[str, UnitScores] = field(default_factory=dict)
 
     def merge(self, other: "CountPass") -> None:
+        self.scores.clear()
         for name in self.metrics:
             self.metrics[name].merge(other.metrics[name])
         self.seen += other.seen

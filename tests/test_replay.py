@@ -132,7 +132,7 @@ def test_statistics_kept_at_chosen_levels_refuse_to_merge():
 
 @pytest.mark.parametrize("case", ["normal", "ties", "all_equal", "coarse", "tiny", "next_to_a_level", "one_level"])
 def test_lookup_table_bucketize_equals_searchsorted(case):
-    from gdx.stats import bucketize
+    from gdx.buckets import bucketize
 
     gen = torch.Generator().manual_seed(1)
     n, U, P, L = 3, 7, 4000, 1 if case == "one_level" else 60
@@ -154,7 +154,7 @@ def test_lookup_table_bucketize_equals_searchsorted(case):
     expected = torch.searchsorted(levels.expand(n, U, -1).contiguous(), values.contiguous(), right=False)
     assert torch.equal(bucketize(values, levels).long(), expected)
     # the ragged form (pixels of mixed units, as the sparse counting path has them)
-    from gdx.stats import LevelTable
+    from gdx.buckets import LevelTable
 
     unit = torch.randint(0, U, (5000,), generator=gen)
     pick = torch.randint(0, n * P, (5000,), generator=gen)
