@@ -446,7 +446,7 @@ def repair(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts
     if shown:
         _write_evidence(folder, rep, unit_evidence(generator, layer, shown, samples=min(samples, 500), seed=seed,
                                                    batch_size=batch_size))
-    click.echo(_repair_summary(rep, features))
+    click.echo(_repair_summary(rep, f"segmenter stage {feature_stage}" if features == "segmenter" else features))
     if rep.units:
         click.echo(f"apply it: --gen-opt ablate={folder / 'repair.json'}  (or --gen-opt ablate={rep.ablate})")
     click.echo(f"wrote {folder}", err=True)

@@ -93,15 +93,15 @@ class Split:
         return self.generator.generate(self.latents[i])
 
     @torch.no_grad()
-    def values(self, units: Sequence[int]) -> list[torch.Tensor]:
-        """One N x D tensor per metric (the labels' pixel fractions go to ``self.labels``)."""
+    def values(self, units: Sequence[int], *, labels: bool = True) -> list[torch.Tensor]:
+        """One N x D tensor per metric; with a segmenter and ``labels``, the label distribution goes to ``self.labels``."""
         parts: list[list[torch.Tensor]] = [[] for _ in self.metrics]
         fractions = []
         for i in range(len(self.latents)):
             images = self._images(i, units)
             for part, metric in zip(parts, self.metrics):
                 part.append(metric.sample_values(images))
-            if self.segmenter is not None:
+            if self.segmenter is not None and labels:
                 seg = segment_images(self.segmenter, images)
                 fractions.append(label_fractions(seg, len(self.segmenter.labels)).sum(0))
         if fractions:

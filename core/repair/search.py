@@ -312,7 +312,7 @@ def find_artifact_units(
         for d in range(control_draws):
             say(f"random control {d + 1}/{control_draws}")
             pick = [cand[int(i)] for i in torch.randperm(len(cand), generator=rng)[: len(units)]]
-            control.append(gain(hb_score, held_score(held.values(sorted(pick))[0]), higher) / abs(hb_score))
+            control.append(gain(hb_score, held_score(held.values(sorted(pick), labels=False)[0]), higher) / abs(hb_score))
     label_tv: list[float] = []
     if segmenter is not None:
         ref = real_label_distribution(segmenter, held_list or real_list)
