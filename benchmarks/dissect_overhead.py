@@ -27,13 +27,15 @@ import gdx
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
 
 
-def build_models():
+def build_models(sizes=(512, 512, 512, 512, 512, 256, 128, 64)):
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(0)
-    # gandissect's ProGAN-256 layout (LSUN models: 512 channels up to 32x32, then 256, 128, 64):
-    # layer4 is 512 x 8 x 8, layer10 256 x 64 x 64
-    net_g = ProgressiveGenerator(sizes=[512, 512, 512, 512, 512, 256, 128, 64]).eval()
+    # The layout of the LSUN ProGAN-256 checkpoints gandissect dissects (sizes as read from
+    # the checkpoint: 512 channels up to 32x32, then 256, 128, 64): layer4 is 512 x 8 x 8,
+    # layer10 256 x 64 x 64. (ProgressiveGenerator(resolution=256), gandissect's own table,
+    # has 128 channels at 64x64; this benchmark used it before issue #18.)
+    net_g = ProgressiveGenerator(sizes=list(sizes)).eval()
     gen = gdx.wrap_generator(net_g, latent_shape=(512,), name="progan256-random")
     net = smp.UPerNet("resnet50", encoder_weights=None, classes=150).eval()
     seg = gdx.wrap_segmenter(lambda x: net(x).argmax(1), labels=[f"c{i}" for i in range(150)],
@@ -86,10 +88,13 @@ def main() -> None:
     ap.add_argument("--counts-only", action="store_true", help="also time without the label statistics")
     ap.add_argument("--no-cache", action="store_true",
                     help="also time with the activation cache off (pass 2 regenerates, as before gdx 0.2)")
+    ap.add_argument("--sizes", default="512,512,512,512,512,256,128,64",
+                    help="generator channel sizes (z, then 4x4 ... 256x256); gandissect's resolution=256 table "
+                         "is 512,512,512,512,256,128,64,32")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen, seg = build_models()
+    gen, seg = build_models(tuple(int(x) for x in args.sizes.split(",")))
     # warm-up (allocator, kernels)
     forward_only(gen, seg, args.batch_size, args.batch_size, args.seed)
     variants = []
