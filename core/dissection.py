@@ -216,15 +216,14 @@ class DissectionRun:
                 # keep what pass 2 needs; the layer outputs are the same either way.
                 keep = cache.has_room(self._batch_bytes(len(index)))
                 first, self._first_batch = self._first_batch, None
+                seg: torch.Tensor | None
                 if first is not None and int(index[0]) == 0 and len(index) == len(first[1]):
                     acts, seg = first  # the probe ran this very batch
-                    if keep:
-                        cache.put(0, len(index), acts, seg)
                 else:
                     acts, images = self._layer_outputs(self._z(index), stop=not keep, batch=batch, index=index)
-                    if keep:
-                        cache.put(int(index[0]), int(index[-1]) + 1, acts,
-                                  self._segment(images, batch=batch, index=index))
+                    seg = self._segment(images, batch=batch, index=index) if keep else None
+                if keep and seg is not None:
+                    cache.put(int(index[0]), int(index[-1]) + 1, acts, seg)
                 for name, a in acts.items():
                     state.samples[name].update(a, index)
                     state.tops[name].update(a, index)
@@ -299,9 +298,8 @@ class DissectionRun:
                 state.seen += len(index)
                 if on_batch is not None and not replay:  # a replay is cheap to redo; never checkpoint half of one
                     on_batch(batch, int(index[-1]) + 1, state)
-            for name, tracker in trackers.items():
-                if tracker is not None:
-                    state.metrics[name].tracker = self._replay_trust(cache, state, name)
+            if replay:
+                self._replay_trust(cache, state, [name for name, t in trackers.items() if t is not None])
         if replay:
             cache.close()
         return state
@@ -315,25 +313,30 @@ class DissectionRun:
         acts, images = self._layer_outputs(self._z(index), stop=False, batch=batch, index=index)
         return acts, self._segment(images, batch=batch, index=index)
 
-    def _replay_trust(self, cache: ActivationCache, state: CountPass, name: str) -> LabelTracker | None:
-        """The label statistics of layer ``name`` at each unit's chosen level, from the cached batches."""
-        metric = state.metrics[name]
-        scores = state.scores[name] = metric.result()
-        level_index = scores.level_index
-        if level_index is None or metric.levels is None:
-            return None
-        units = torch.arange(metric.levels.shape[0])
-        chosen = metric.levels[units, level_index.long()][:, None]  # U x 1
+    def _replay_trust(self, cache: ActivationCache, state: CountPass, names: list[str]) -> None:
+        """Set the label statistics of layers ``names`` at each unit's chosen level, in one sweep of the cache."""
         labels = len(self.segmenter.labels)
-        tracker = LabelTracker(chosen.shape[0], 1, labels, at_level=level_index.long())
-        counter = LevelCounts(chosen, labels)
+        work: dict[str, tuple[LabelTracker, LevelCounts]] = {}
+        for name in names:
+            metric = state.metrics[name]
+            scores = state.scores[name] = metric.result()
+            if scores.level_index is None or metric.levels is None:
+                continue
+            level_index = scores.level_index.long()
+            chosen = metric.levels[torch.arange(metric.levels.shape[0]), level_index][:, None]  # U x 1
+            work[name] = (LabelTracker(chosen.shape[0], 1, labels, at_level=level_index), LevelCounts(chosen, labels))
+        if not work:
+            return
         for _, index in self.count_batches(0, self.samples):
             kept = self._replayed(cache, index)
             assert kept is not None
             acts, seg = kept
-            tracker.begin(seg, self._local_partners(state, index))
-            counter.update(acts[name], seg, sink=tracker, count=False)
-        return tracker
+            partner = self._local_partners(state, index)
+            for name, (tracker, counter) in work.items():
+                tracker.begin(seg, partner)
+                counter.update(acts[name], seg, sink=tracker, count=False)
+        for name, (tracker, _) in work.items():
+            state.metrics[name].tracker = tracker
 
     def _replayed(self, cache: ActivationCache, index: torch.Tensor
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
