@@ -22,6 +22,7 @@ from gdx.errors import (
     GeneratorOutputError,
     InterventionError,
     InversionError,
+    LayerAddressError,
     LayerOutputError,
     MetricSetupError,
     MissingDependencyError,
@@ -36,6 +37,7 @@ from gdx.errors import (
     RunLockedError,
     SegmenterOutputError,
     SettingsError,
+    StepCountError,
     UnknownAdapterError,
     UnknownLayerError,
 )
@@ -43,7 +45,7 @@ from gdx.hookspecs import hookimpl
 from gdx.interfaces import Generator, LatentRows, Metric, Segmenter
 from gdx.wrappers import seeded_normal, wrap_generator, wrap_segmenter
 from gdx.manager import PluginRegistry, default_registry
-from gdx.tracing import StopForward, Trace, resolve_layers
+from gdx.tracing import LayerAddress, StopForward, Trace, resolve_layers
 from gdx.results import Dissection, DissectionSettings, JsonResult, Summary, UnitLabel, load_result
 from gdx.dissection import DissectionRun, dissect
 from gdx.labelstats import random_weights
@@ -108,6 +110,8 @@ __all__ = [
     "InvertedGenerator",
     "JsonResult",
     "LatentRows",
+    "LayerAddress",
+    "LayerAddressError",
     "LayerOutputError",
     "LocationMap",
     "Metric",
@@ -130,6 +134,7 @@ __all__ = [
     "Segmenter",
     "SegmenterOutputError",
     "SettingsError",
+    "StepCountError",
     "StopForward",
     "Summary",
     "Trace",

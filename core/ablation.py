@@ -29,7 +29,7 @@ from torch import nn
 
 from gdx.errors import AdapterOptionError
 from gdx.interfaces import Generator
-from gdx.tracing import resolve_layers
+from gdx.tracing import LayerHooks
 
 #: The name of the option, reserved for every generator.
 ABLATE_OPTION = "ablate"
@@ -86,13 +86,13 @@ class UnitAblation:
         """Zero the units in ``generator`` (in place, with forward hooks) and return it.
 
         The hooks live as long as the module; ``generator.gdx_ablation_handles`` holds
-        them (``remove()`` each to undo). A unit index past the layer's width fails at
+        them (``remove()`` each to undo). ``LAYER`` may be a step address (``blk@0-4``) on
+        a multi-step generator (docs/diffusion.md, "Layers at a step"). A unit index past the layer's width fails at
         the first forward with the layer's width in the message.
         """
-        modules = resolve_layers(generator.module, list(self.units))
+        hooks = LayerHooks(generator, {layer: _zeroing_hook(layer, us) for layer, us in self.units.items()})
         handles = list(getattr(generator, "gdx_ablation_handles", []))
-        for layer, module in modules.items():
-            handles.append(module.register_forward_hook(_zeroing_hook(layer, self.units[layer])))
+        handles.append(hooks.install())  # LayerHooks.remove() takes them all out
         generator.gdx_ablation_handles = handles  # type: ignore[attr-defined]
         generator.ablation = self  # type: ignore[attr-defined]
         return generator
@@ -101,7 +101,7 @@ class UnitAblation:
 def _zeroing_hook(layer: str, units: tuple[int, ...]) -> Any:
     index = torch.tensor(units, dtype=torch.long)
 
-    def hook(_module: nn.Module, _inputs: Any, out: Any) -> torch.Tensor:
+    def hook(_layer: str, out: Any, _call: int) -> torch.Tensor:
         if not isinstance(out, torch.Tensor) or out.dim() < 2:
             raise AdapterOptionError(
                 f"generator option `ablate=`: layer {layer!r} does not output one N x C ... tensor; "

@@ -20,7 +20,7 @@ from typing import Any, overload
 import torch
 
 from gdx.checks import check_finite, check_images, check_labels, check_stable_segmentation
-from gdx.errors import ControlError, LayerOutputError, SettingsError
+from gdx.errors import ControlError, LayerAddressError, LayerOutputError, SettingsError
 from gdx.interfaces import Generator, LatentRows, Segmenter
 from gdx.labelstats import CONTROLS, LabelTracker, confidence_interval, null_pvalues, random_weights
 from gdx.manager import PluginRegistry, default_registry
@@ -30,7 +30,7 @@ from gdx.results import Dissection, DissectionSettings, UnitLabel
 from gdx.scores import DissectionContext, DissectionMetric, LevelBatch
 from gdx.stats import LevelCounts, PointSample, TopSamples
 from gdx.sampling import segment_images
-from gdx.tracing import Trace, resolve_layers
+from gdx.tracing import LayerAddress, Trace, resolve_layers
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -87,7 +87,17 @@ class DissectionRun:
             self.layers = [self.layers]
         if not self.layers:
             raise SettingsError("no layer given: pass a layer name (see generator.layer_names()).")
-        resolve_layers(self.generator.module, self.layers)  # clear error for a wrong name
+        resolve_layers(self.generator, self.layers)  # clear error for a wrong name
+        for name in self.layers:
+            window = LayerAddress.parse(name)
+            if window.is_window:  # one unit at several steps is several distributions: dissect each step
+                steps = window.calls()
+                raise LayerAddressError(
+                    f"layer {name!r} is a window of {len(steps)} steps: dissection reads one step at a time "
+                    f"(a unit's activations differ by step). Dissect a step ({window.at(steps[len(steps) // 2]).name}), "
+                    f"or several in one run ({', '.join(window.at(k).name for k in steps[:3])}"
+                    f"{', ...' if len(steps) > 3 else ''}); windows are for edits.", name
+                )
         check_labels(self.segmenter.labels, name=self.segmenter.name)
         self.batch_size = int(self.batch_size or DEFAULT_BATCH_SIZE)
         if isinstance(self.cache_bytes, bool) or not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
@@ -138,7 +148,7 @@ class DissectionRun:
     def _layer_outputs(
         self, z: torch.Tensor, *, stop: bool, batch: int, index: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        with Trace(self.generator.module, self.layers, stop=stop) as tr:
+        with Trace(self.generator, self.layers, stop=stop) as tr:
             images = self.generator.generate(z)
         acts: dict[str, torch.Tensor] = {}
         for name in self.layers:

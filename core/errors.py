@@ -53,6 +53,22 @@ class UnknownLayerError(GdxError, KeyError):
         return str(self.args[0])
 
 
+class LayerAddressError(UnknownLayerError):
+    """A layer address (``BLOCK@K``, ``BLOCK@A-B``) that is malformed or names a step the generator lacks.
+
+    A subclass of :class:`UnknownLayerError`, so code that catches a wrong layer name
+    catches a wrong step too; the message is written out in full by the caller.
+    """
+
+    def __init__(self, message: str, name: str = "", valid: Iterable[str] = ()) -> None:
+        KeyError.__init__(self, message)
+        self.name, self.valid = name, [v for v in valid if v]
+
+
+class StepCountError(GdxError, RuntimeError):
+    """A traced block ran more often in one ``generate()`` than the generator's ``steps_per_image``."""
+
+
 class SegmenterOutputError(GdxError, ValueError):
     """A segmenter returned labels of the wrong shape, dtype or range."""
 

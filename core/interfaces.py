@@ -35,6 +35,12 @@ class Generator(abc.ABC):
     #: The layer ``gdx paint`` edits when no ``--layer`` is given (None: :attr:`default_layer`).
     #: Where concepts are best *found* and where they *paint* can differ (docs/paint.md).
     paint_layer: str | None = None
+    #: How many times each layer module runs while ``generate(z)`` makes one batch (a
+    #: diffusion sampler: one call per denoising step). With more than 1, a layer is a
+    #: block at a call, ``"BLOCK@K"`` (or a window ``"BLOCK@A-B"`` for edits), and
+    #: ``generate`` must call :attr:`module` exactly once, running every step inside that
+    #: call (the engine restarts its call count there). docs/diffusion.md, "Layers at a step".
+    steps_per_image: int = 1
 
     @property
     @abc.abstractmethod
@@ -49,9 +55,18 @@ class Generator(abc.ABC):
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images N x 3 x H x W in [-1, 1] for latents ``z`` (already on :attr:`device`)."""
 
-    def layer_names(self) -> list[str]:
-        """Names of the hookable layers (non-empty ``named_modules()`` names)."""
+    def block_names(self) -> list[str]:
+        """Names of the hookable modules (non-empty ``named_modules()`` names), without steps."""
         return [name for name, _ in self.module.named_modules() if name]
+
+    def layer_names(self) -> list[str]:
+        """Names of the hookable layers: the blocks, or for a multi-step generator every
+        block at every step (``BLOCK@0`` .. ``BLOCK@{steps_per_image-1}``, block by block)."""
+        blocks = self.block_names()
+        steps = int(self.steps_per_image)
+        if steps <= 1:
+            return blocks
+        return [f"{b}@{k}" for b in blocks for k in range(steps)]
 
     @property
     def device(self) -> torch.device:

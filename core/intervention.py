@@ -31,7 +31,7 @@ from torch import nn
 from gdx.errors import InterventionError
 from gdx.interfaces import Generator, Segmenter
 from gdx.sampling import module_of
-from gdx.tracing import Trace, resolve_layers
+from gdx.tracing import LayerAddress, Trace, resolve_layers
 from gdx.values import insertion_values, unit_quantiles
 
 UnitSpec = Union[Sequence[int], torch.Tensor, int, None]
@@ -288,17 +288,24 @@ class Intervention(contextlib.AbstractContextManager["Intervention"]):
         self.edits = list(edits)
         if not self.edits:
             raise InterventionError("intervene needs at least one edit")
-        resolve_layers(self.module, [e.layer for e in self.edits])
+        resolve_layers(generator, [e.layer for e in self.edits])
         self.segmenter = segmenter
         self.stats = stats
         self.samples = samples
         self.seed = seed
         self._values: list[torch.Tensor] = []
+        self._per_step: set[int] = set()
         self._regions: list[torch.Tensor | None] = []
         self._stack = contextlib.ExitStack()
 
     def _resolve_value(self, edit: Edit) -> torch.Tensor:
+        """The edit's value; for a statistic at a step window (``blk@A-B``), one row per step
+        (steps x U), each the statistic at that step: a unit's activations differ by step."""
         value = Value.parse(edit.value)
+        addr = LayerAddress.parse(edit.layer)
+        if value.needs_statistics and self.stats is None and addr.is_window:
+            rows = [self._resolve_value(dataclasses.replace(edit, layer=addr.at(k).name)) for k in addr.calls()]
+            return torch.stack(rows)
         if value.kind == "constant":
             assert value.number is not None
             return torch.tensor(value.number)
@@ -325,7 +332,7 @@ class Intervention(contextlib.AbstractContextManager["Intervention"]):
             self.generator, self.segmenter, edit.layer, value.concept, samples=self.samples, seed=self.seed
         )
 
-    def _edit_fn(self, indices: list[int]) -> Callable[[str, Any], torch.Tensor]:
+    def _edit_fn(self, indices: list[int], trace: Trace) -> Callable[[str, Any], torch.Tensor]:
         def edit(name: str, out: Any) -> torch.Tensor:
             if not isinstance(out, torch.Tensor) or out.dim() != 4:
                 raise InterventionError(
@@ -338,6 +345,9 @@ class Intervention(contextlib.AbstractContextManager["Intervention"]):
                 n_units = out.shape[1]
                 units = _unit_index(e.units, n_units, name)
                 value = self._values[i]
+                if i in self._per_step:  # statistics of a window, one row per step: this step's
+                    first = LayerAddress.parse(name).first or 0
+                    value = value[trace.call_index(name) - first]
                 if value.dim() == 1 and value.numel() != units.numel():
                     if value.numel() != n_units:
                         raise InterventionError(
@@ -354,13 +364,17 @@ class Intervention(contextlib.AbstractContextManager["Intervention"]):
 
     def __enter__(self) -> "Intervention":
         self._values = [self._resolve_value(e) for e in self.edits]
+        self._per_step = {i for i, e in enumerate(self.edits) if Value.parse(e.value).needs_statistics
+                          and self.stats is None and LayerAddress.parse(e.layer).is_window}
         self._regions = [None if e.region is None else torch.as_tensor(e.region) for e in self.edits]
         by_layer: dict[str, list[int]] = {}
         for i, e in enumerate(self.edits):
             by_layer.setdefault(e.layer, []).append(i)
         try:
             for layer, indices in by_layer.items():
-                self._stack.enter_context(Trace(self.module, layer, edit=self._edit_fn(indices), record=False))
+                trace = Trace(self.generator, layer, record=False)
+                trace.edit = self._edit_fn(indices, trace)
+                self._stack.enter_context(trace)
         except BaseException:
             self._stack.close()
             raise
@@ -374,7 +388,8 @@ class Intervention(contextlib.AbstractContextManager["Intervention"]):
 
     @property
     def values(self) -> list[torch.Tensor]:
-        """The resolved value of each edit (available inside the context)."""
+        """The resolved value of each edit (available inside the context); a statistic
+        (quantile, insertion) at a step window ``blk@A-B`` is steps x U, one row per step."""
         return list(self._values)
 
 

@@ -106,7 +106,7 @@ def label_fractions(seg: torch.Tensor, n_labels: int) -> torch.Tensor:
 
 def layer_output(generator: Generator, layer: str, z: torch.Tensor) -> torch.Tensor:
     """The layer's output for latents ``z`` (the rest of the network is skipped)."""
-    out = run_to_layers(lambda: generator.generate(z), generator.module, layer)
+    out = run_to_layers(lambda: generator.generate(z), generator, layer)
     if layer not in out:
         raise InterventionError(f"layer {layer!r} did not run during generate(); pick a layer on the path to the image")
     return out[layer]

@@ -107,7 +107,7 @@ def insertion_values(
     index = concept_index(segmenter, concept)
     mean = InsertionMean()
     for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
-        with Trace(generator.module, layer) as tr:
+        with Trace(generator, layer) as tr:
             images = generator.generate(z)
         mean.add(tr[layer], concept_mask(segment_images(segmenter, images), index))
     value = mean.value()

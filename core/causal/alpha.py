@@ -243,7 +243,7 @@ def _concept_prob(
     def edit(_name: str, r: torch.Tensor) -> torch.Tensor:
         return r * (1 - a) + pb.kk * a if insert else r * (1 - a)
 
-    with Trace(pb.generator.module, pb.layer, edit=edit, record=False):
+    with Trace(pb.generator, pb.layer, edit=edit, record=False):
         images = pb.generator.generate(z)
     p = pb.prob_fn(images)[:, pb.index]
     if cells is None:

@@ -67,7 +67,7 @@ class EffectRunner:
             fractions = []
             mean = InsertionMean()
             for z in self.batches():
-                with Trace(self.generator.module, self.layer) as tr:
+                with Trace(self.generator, self.layer) as tr:
                     images = self.generator.generate(z)
                 r = tr[self.layer]
                 self.n_units, self.grid = int(r.shape[1]), (int(r.shape[2]), int(r.shape[3]))

@@ -52,7 +52,7 @@ def location_map(
     if value is None:
         value = insertion_values(generator, segmenter, layer, index, samples=value_samples, seed=seed)
     z = generator.sample_latents(sample + 1, seed=seed)[sample : sample + 1].to(generator.device)
-    with Trace(generator.module, layer) as tr:
+    with Trace(generator, layer) as tr:
         image = generator.generate(z)
     h, w = tr[layer].shape[-2:]
     base = concept_mask(segment_images(segmenter, image), index).float()

@@ -71,19 +71,30 @@ def layer_shapes(generator: Generator) -> dict[str, tuple[int, ...]]:
 
 def _layer_table(generator: Generator) -> str:
     shapes = layer_shapes(generator)
-    marks = {generator.default_layer: "default (gdx run)"}
+    steps = int(generator.steps_per_image)
+    marks: dict[str | None, str] = {}
     if generator.paint_layer and generator.paint_layer != generator.default_layer:
         marks[generator.paint_layer] = "paint default (gdx paint)"
-    elif generator.paint_layer:
-        marks[generator.paint_layer] = "default (gdx run, gdx paint)"
+    marks.setdefault(generator.default_layer, "default (gdx run, gdx paint)" if generator.paint_layer
+                     == generator.default_layer else "default (gdx run)")
+    names = generator.layer_names()
+    header = ""
+    if steps > 1:
+        # a multi-step generator: one row per block (its shape at step 0), the steps said once
+        names = generator.block_names()
+        header = (f"runs each block {steps} times per image (one call per step): name a layer BLOCK@K "
+                  f"(K in 0..{steps - 1}), a step window for edits BLOCK@A-B (docs/diffusion.md)\n")
+        for address, mark in list(marks.items()):
+            if address:
+                marks.setdefault(address.split("@")[0], f"{mark}: {address}")
     rows = []
-    for lname in generator.layer_names():
+    for lname in names:
         shape = shapes.get(lname)
         text = "x".join(map(str, shape)) if shape else "(no tensor output)"
         if shape and len(shape) == 3:
             text = f"{shape[0]} units x {shape[1]}x{shape[2]}"
         rows.append([lname, text, marks.get(lname, "")])
-    return format_table(rows, ["layer", "output (units x h x w)", ""])
+    return header + format_table(rows, ["layer" if steps <= 1 else "block", "output (units x h x w)", ""])
 
 
 @click.command()

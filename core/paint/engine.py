@@ -115,7 +115,7 @@ class PaintEngine:
         self.concepts = {c.name: c for c in rank_concepts(dissection, max_units=max_units, rankings=rankings,
                                                              iou_min=iou_min)}
         self.lock = threading.Lock()
-        with self.lock, torch.no_grad(), Trace(generator.module, self.layer) as tr:
+        with self.lock, torch.no_grad(), Trace(generator, self.layer) as tr:
             image = generator.generate(self.latent(0))
         self.image_size = (int(image.shape[-2]), int(image.shape[-1]))
         self.grid = (int(tr[self.layer].shape[-2]), int(tr[self.layer].shape[-1]))

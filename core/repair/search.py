@@ -56,7 +56,7 @@ from gdx.repair.measure import (
 )
 from gdx.results import JsonResult
 from gdx.sampling import layer_output
-from gdx.tracing import resolve_layers
+from gdx.tracing import LayerHooks, resolve_layers
 
 
 @dataclasses.dataclass
@@ -135,7 +135,7 @@ class ArtifactRepair(JsonResult):
         generator is left alone unless ``inplace``.
         """
         target = generator if inplace else copy.deepcopy(generator)
-        module = resolve_layers(target.module, self.layer)[self.layer]
+        module = resolve_layers(target, self.layer)[self.layer]
         units = torch.tensor(self.units, dtype=torch.long)
         if mode == "weights":
             _zero_output_weights(module, units, self.layer)
@@ -143,12 +143,13 @@ class ArtifactRepair(JsonResult):
         if mode != "hook":
             raise RepairError(f"unknown mode {mode!r}: use 'hook' or 'weights'")
 
-        def zero_units(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        def zero_units(_layer: str, out: torch.Tensor, _call: int) -> torch.Tensor:
             out = out.clone()
             out[:, units.to(out.device)] = 0
             return out
 
-        target.gdx_repair_handle = module.register_forward_hook(zero_units)  # type: ignore[attr-defined]
+        # LayerHooks counts calls for a step address (blk@0-4); its remove() undoes the edit
+        target.gdx_repair_handle = LayerHooks(target, {self.layer: zero_units}).install()  # type: ignore[attr-defined]
         return target
 
 

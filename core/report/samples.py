@@ -121,7 +121,7 @@ def render_unit_strips(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         z = z_all[torch.as_tensor(idx)].to(generator.device)
-        with Trace(generator.module, dissection.layer) as tr:
+        with Trace(generator, dissection.layer) as tr:
             images = generator.generate(z)
         r = tr[dissection.layer].float()
         seg = segment_images(segmenter, images) if segmenter is not None else None
