@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from gdx.errors import AdapterOptionError
 from gdx.interfaces import Generator

@@ -55,6 +55,11 @@ class Generator(abc.ABC):
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images N x 3 x H x W in [-1, 1] for latents ``z`` (already on :attr:`device`)."""
 
+    def feature_view(self, block: str) -> Any:
+        """How hooks see ``block``'s output: None (as it is), or a :class:`gdx.tracing.FeatureView`
+        turning it into N x U x h x w features (tokens to a grid, one half of a guided batch)."""
+        return None
+
     def block_names(self) -> list[str]:
         """Names of the hookable modules (non-empty ``named_modules()`` names), without steps."""
         return [name for name, _ in self.module.named_modules() if name]

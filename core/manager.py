@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "gdx.plugins.generators.progan",
     "gdx.plugins.generators.stylegan2",
     "gdx.plugins.generators.vae",
+    "gdx.plugins.generators.diffusion",
     "gdx.plugins.generators.scene",
     "gdx.plugins.segmenters.toy",
     "gdx.plugins.segmenters.upernet",

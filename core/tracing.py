@@ -32,7 +32,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import torch
 from torch import nn
@@ -50,6 +50,22 @@ StepHookFn = Callable[[str, Any, int], Any]
 Target = Union[Generator, nn.Module]
 
 _ADDRESS = re.compile(r"(?P<block>[^@]*)@(?P<first>\d+)(?:-(?P<last>\d+))?")
+
+
+class FeatureView(Protocol):
+    """How a generator shows a block's raw output to the engine as N x U x h x w features.
+
+    ``Generator.feature_view(block)`` may return one (default: None, the output as it
+    is): a diffusion transformer's tokens (N x h*w x D) become a D x h x w map, and a
+    guided sampler's doubled batch shows only the conditional rows. Hooks read
+    ``to_map(output)``; an edited map goes back with ``from_map(output, features)``.
+    """
+
+    def to_map(self, output: Any) -> Any:
+        """The features the engine reads and edits."""
+
+    def from_map(self, output: Any, features: Any) -> Any:
+        """``output`` with its features replaced by (edited) ``features``."""
 
 
 class StopForward(Exception):
@@ -186,6 +202,10 @@ class LayerHooks:
     def __init__(self, target: Target, fns: Mapping[str, StepHookFn]) -> None:
         self.module, self.steps = module_and_steps(target)
         self.modules = resolve_layers(target, list(fns))
+        views = getattr(target, "feature_view", None) if isinstance(target, Generator) else None
+        self.views: dict[str, FeatureView | None] = {
+            name: views(LayerAddress.parse(name).block) if callable(views) else None for name in fns
+        }
         self.fns = dict(fns)
         self.addresses = {name: LayerAddress.parse(name) for name in self.fns}
         self.calls = dict.fromkeys(self.fns, 0)
@@ -232,7 +252,12 @@ class LayerHooks:
                 )
             if not addr.covers(call):
                 return None
-            return fn(name, output, call)
+            view = self.views[name]
+            if view is None:
+                return fn(name, output, call)
+            features = view.to_map(output)
+            edited = fn(name, features, call)
+            return None if edited is None or edited is features else view.from_map(output, edited)
 
         return hook
 

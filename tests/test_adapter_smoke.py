@@ -33,6 +33,14 @@ def _vae_options(tmp_path: Path) -> dict[str, Any]:
     return {"weights": str(tmp_path / "vae")}
 
 
+def _diffusion_options(tmp_path: Path) -> dict[str, Any]:
+    pytest.importorskip("diffusers")
+    from diffusers import DDIMScheduler
+    from diffusion_formats import write_unet_pipeline
+
+    return {"weights": str(write_unet_pipeline(tmp_path / "pipe", DDIMScheduler(num_train_timesteps=100))), "steps": 2}
+
+
 GENERATOR_OPTIONS: dict[str, OptionsFn] = {
     "toy": lambda tmp: {},
     "scene": lambda tmp: {},  # the bundled weights
@@ -40,6 +48,7 @@ GENERATOR_OPTIONS: dict[str, OptionsFn] = {
     "progan": lambda tmp: {"weights": str(write_progan(tiny_progan(), tmp / "g.pth"))},
     "stylegan2": lambda tmp: {"weights": str(write_nvidia_pkl(tiny_stylegan2(), tmp / "g.pkl"))},
     "vae": _vae_options,
+    "diffusion": _diffusion_options,
 }
 
 OPTION_TABLES: dict[str, dict[str, OptionsFn]] = {"generator": GENERATOR_OPTIONS}
@@ -73,7 +82,7 @@ def test_generator_builds_samples_generates_and_hooks(name, tmp_path):
     layers = gen.layer_names()
     assert layers, "a generator must expose hookable layers"
     top = [n for n in layers if "." not in n]
-    with torch.no_grad(), gdx.Trace(gen.module, top) as trace:
+    with torch.no_grad(), gdx.Trace(gen, top) as trace:
         images = gen.generate(z.to(gen.device))
         again = gen.generate(z.to(gen.device))
     assert images.ndim == 4 and images.shape[:2] == (2, 3) and images.dtype == torch.float32
@@ -85,9 +94,24 @@ def test_generator_builds_samples_generates_and_hooks(name, tmp_path):
     assert isinstance(first, torch.Tensor) and first.shape[0] == 2
     if gen.default_layer is not None:
         assert gen.default_layer in layers, f"default_layer {gen.default_layer!r} is not a listed layer"
-        with torch.no_grad(), gdx.Trace(gen.module, [gen.default_layer]) as trace:
+        with torch.no_grad(), gdx.Trace(gen, [gen.default_layer]) as trace:
             gen.generate(z.to(gen.device))
         assert isinstance(trace[gen.default_layer], torch.Tensor)
+    if gen.steps_per_image > 1:  # the step contract: module called once, each block once per step
+        calls = {"module": 0, "block": 0}
+        block = gdx.LayerAddress.parse(gen.default_layer or f"{gen.block_names()[0]}@0").block
+        handles = [gen.module.register_forward_pre_hook(lambda *_: calls.__setitem__("module", calls["module"] + 1)),
+                   dict(gen.module.named_modules())[block].register_forward_hook(
+                       lambda *_: calls.__setitem__("block", calls["block"] + 1))]
+        try:
+            with torch.no_grad():
+                gen.generate(z.to(gen.device))
+        finally:
+            for h in handles:
+                h.remove()
+        assert calls == {"module": 1, "block": gen.steps_per_image}, (
+            f"{name!r} declares steps_per_image={gen.steps_per_image}: generate() must call its module once "
+            f"and run {block!r} once per step; counted {calls}")
 
 
 def test_an_adapter_without_a_smoke_entry_fails(tmp_path):
