@@ -151,6 +151,17 @@ def test_the_engine_on_a_diffusion_unet(folders):
         gdx.dissect(g, seg, "unet.mid_block", samples=4)
 
 
+@torch.no_grad()
+def test_a_second_order_scheduler_counts_model_calls(folders, tmp_path):
+    """Heun calls the model twice per step but once for the last: steps_per_image = len(timesteps)."""
+    diffusers.HeunDiscreteScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "heun")
+    g = gdx.load_generator("diffusion", weights=str(folders["euler"]), steps=2, scheduler=str(tmp_path / "heun"))
+    assert g.steps_per_image == 3
+    with gdx.Trace(g, "unet.mid_block@2") as tr:
+        g.generate(g.sample_latents(1, seed=0))
+    assert "unet.mid_block@2" in tr
+
+
 def test_gdx_generators_shows_blocks_and_steps(folders):
     from click.testing import CliRunner
 

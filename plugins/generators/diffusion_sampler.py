@@ -49,6 +49,11 @@ class DiffusionSampler(nn.Module):
     class label). ``guidance`` > 1 runs classifier-free guidance in one batched call.
     """
 
+    scheduler: Diffusers  # held outside the module tree (see __init__)
+    vae: Diffusers | None
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor
+
     def __init__(self, model: Diffusers, scheduler: Diffusers, *, kind: str, steps: int, guidance: float,
                  vae: Diffusers | None = None, prompt_embeds: torch.Tensor | None = None,
                  negative_embeds: torch.Tensor | None = None, class_label: int = 0, eta: float = 0.0) -> None:
@@ -66,6 +71,9 @@ class DiffusionSampler(nn.Module):
         #: rows of the model's batch that hooks see (the conditional half when guided), set per call
         self.rows: slice = slice(None)
         self.batch = 0
+        # model calls per image: len(timesteps), which a second-order scheduler (Heun) doubles
+        scheduler.set_timesteps(self.steps)
+        self.calls = len(scheduler.timesteps)
         step_params = inspect.signature(scheduler.step).parameters
         self._step_takes = {k for k in ("generator", "eta") if k in step_params}
 
@@ -189,7 +197,7 @@ class DiffusionGenerator(gdx.Generator):
 
     def __init__(self, sampler: DiffusionSampler, *, describe: str) -> None:
         self._module = sampler.eval()
-        self.steps_per_image = sampler.steps
+        self.steps_per_image = sampler.calls  # = steps for first-order schedulers
         cfg = sampler.model.config
         size = cfg.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
