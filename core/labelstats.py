@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gdx import kernels
 from gdx.errors import ControlError
 from gdx.interfaces import Generator
 from gdx.stats import hash_keys
@@ -62,10 +63,33 @@ class IoUMoments:
     """
 
     names = ("cooc", "sxx", "sxa", "sxy", "say", "above", "saa", "area", "syy", "pixels", "samples")
+    cooc: torch.Tensor
+    sxx: torch.Tensor
+    sxa: torch.Tensor
+    sxy: torch.Tensor
+    say: torch.Tensor
+    above: torch.Tensor
+    saa: torch.Tensor
+    area: torch.Tensor
+    syy: torch.Tensor
+    pixels: torch.Tensor
+    samples: torch.Tensor
 
     def __init__(self, units: int, levels: int, labels: int) -> None:
         self.units, self.num_levels, self.num_labels = units, levels, labels
-        U, L, C = units, levels, labels
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        """The sums are allocated when first used: at every level of a wide layer they take
+        gigabytes (5 x U x C x L int64), and a run that takes its statistics in a replay
+        sweep at one level never uses the all-level ones it was set up with."""
+        if name not in IoUMoments.names or "num_labels" not in self.__dict__:
+            raise AttributeError(name)
+        self._allocate()
+        value: torch.Tensor = self.__dict__[name]
+        return value
+
+    def _allocate(self) -> None:
+        U, L, C = self.units, self.num_levels, self.num_labels
         z = torch.zeros
         self.cooc, self.sxx, self.sxa, self.sxy = (z(U, C, L, dtype=torch.int64) for _ in range(4))
         self.say = z(C, U, L, dtype=torch.int64)
@@ -138,6 +162,14 @@ class IoUMoments:
         ok = label >= 0
         x = torch.bincount(keys[ok] if K > 1 or not bool(ok.all()) else keys.view(-1),
                            minlength=n * U * C).view(n, U, C)
+        self.add_one_level_counts(a, x, area, units)
+
+    def add_one_level_counts(self, a: torch.Tensor, x: torch.Tensor, area: torch.Tensor,
+                             units: tuple[int, int]) -> None:
+        """Fold in per-sample counts at one level per unit: ``a`` (n, U, 1) pixels above, ``x`` (n, U, C)
+        those with each label, ``area`` (n, C) the label areas (zero rows: samples left out)."""
+        start, stop = units
+        n, U = a.shape[:2]
         y = area[:, None, :]  # n, 1, C
         self.cooc[start:stop, :, 0] += x.sum(0)
         self.sxx[start:stop, :, 0] += (x * x).sum(0)
@@ -283,6 +315,23 @@ class LabelTracker:
             other = self._partner.clamp(min=0)
             self.null.add(sample, unit, bucket, rows.index_select(0, other.index_select(0, sample) * hw + pos),
                           self._area[other], include, units)
+
+    def count_one_level(self, up: torch.Tensor, level: torch.Tensor, units: tuple[int, int]) -> None:
+        """Dense upsampled values ``up`` (n, span, P) against one level per unit (``level`` (U,)), compiled.
+
+        The same sums as feeding every pixel above ``level`` to :meth:`__call__`, counted by
+        :func:`gdx.kernels.count_one_level` without listing the pixels.
+        """
+        start = units[0]
+        above, x, x_null = kernels.count_one_level(up, self._lab, self._partner, level, start, self.num_labels)
+        a = above[..., None]
+        if self._observe:
+            self.observed.add_one_level_counts(a, x, self._area, units)
+        include = self._partner >= 0
+        if bool(include.any()):
+            keep = include[:, None].to(torch.int64)
+            self.null.add_one_level_counts(a * keep[..., None], x_null, self._area[self._partner.clamp(min=0)] * keep,
+                                           units)
 
     def merge(self, other: "LabelTracker") -> None:
         if self.at_level is not None or other.at_level is not None:

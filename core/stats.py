@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gdx import kernels
 from gdx.buckets import LevelTable
 
 
@@ -267,6 +268,7 @@ class LevelCounts:
         self.pixels = torch.zeros((), dtype=torch.int64)
         self._dev_levels: dict[torch.device, torch.Tensor] = {}
         self._table: LevelTable | None = None
+        self._kernel_table: kernels.CompiledTable | None = None
         self._sink: PixelSink | None = None
         self._count = True
 
@@ -299,8 +301,12 @@ class LevelCounts:
             hist = self._hist.cpu().view(self.units, L1, C1)
             hist_above = self._hist_above.cpu().view(self.units, L1)
             self._hist = self._hist_above = None
-            self._cooc += hist.flip(1).cumsum(1).flip(1)[:, 1:, 1:]
-            self._above += hist_above.flip(1).cumsum(1).flip(1)[:, 1:]
+            L = self.num_levels
+            # buckets above level j = all buckets minus buckets 0..j; a few units at a time (cache-sized)
+            for u0 in range(0, self.units, 16):
+                h = hist[u0 : u0 + 16]
+                self._cooc[u0 : u0 + 16] += (h.sum(1, keepdim=True) - h.cumsum(1))[:, :L, 1:]
+            self._above += (hist_above.sum(1, keepdim=True) - hist_above.cumsum(1))[:, :L]
 
     def _pending(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._hist is None or self._hist_above is None:
@@ -369,11 +375,30 @@ class LevelCounts:
             idx = base + (lab[:, k] + 1).clamp(min=0)
             hist.index_add_(0, idx, torch.ones_like(idx))
 
+    def _compiled(self, up: torch.Tensor, labels: torch.Tensor, start: int) -> bool:
+        """Count a dense chunk with the compiled loops (:mod:`gdx.kernels`); False: not handled here."""
+        span = up.shape[1]
+        if self._sink is None and self._count:
+            if self._kernel_table is None:
+                self._kernel_table = kernels.CompiledTable(self.levels)
+            L1, C1 = self.num_levels + 1, self.num_labels + 1
+            hist, hist_above = self._pending(up.device)
+            slots = (labels.flatten(2) + 1).clamp_(min=0)  # n, K, H*W: histogram slot 0 = no label
+            self._kernel_table.count(up, slots, start, hist.view(self.units, L1, C1), hist_above.view(self.units, L1))
+            return True
+        one_level = getattr(self._sink, "count_one_level", None)
+        if one_level is not None and not self._count and self.num_levels == 1:
+            one_level(up, self.levels[:, 0], (start, start + span))
+            return True
+        return False
+
     def _count_dense(self, chunk: torch.Tensor, labels: torch.Tensor, lv: torch.Tensor, start: int,
                      size: tuple[int, int]) -> None:
         n, span = chunk.shape[:2]
         L1, C1 = self.num_levels + 1, self.num_labels + 1
         up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False).flatten(2)  # n, span, H*W
+        if kernels.available(up) and self._compiled(up, labels, start):
+            return
         # #levels below each value, computed in place: idx = bucket * C1 + unit * L1 * C1 + label + 1
         idx = self._table_on(chunk.device).dense(up, start)
         del up
@@ -502,7 +527,7 @@ class LevelCounts:
         self.above, self.cooc = state["above"].clone(), state["cooc"].clone()
         self.area, self.pixels = state["area"].clone(), state["pixels"].clone()
         self._dev_levels.clear()
-        self._table = None
+        self._table = self._kernel_table = None
 
 
 def iou_from_counts(above: torch.Tensor, cooc: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
@@ -516,6 +541,9 @@ def iqr_from_counts(above: torch.Tensor, cooc: torch.Tensor, area: torch.Tensor,
 
     With the joint cells p_ab and marginals, I = H(A) + H(B) - H(A,B).
     """
+    if above.shape[0] > 16:  # element-wise: a few units at a time keep the float64 temporaries in cache
+        return torch.cat([iqr_from_counts(above[u : u + 16], cooc[u : u + 16], area, pixels)
+                          for u in range(0, above.shape[0], 16)])
     n = float(pixels)
     p11 = cooc.double() / n
     pa1 = above.double()[..., None] / n
