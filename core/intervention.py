@@ -60,7 +60,8 @@ class Value:
 
     * ``Value.constant(x)``: every chosen unit takes ``x`` (``0.0`` ablates).
     * ``Value.per_unit(t)``: one value per chosen unit, or one per unit of the layer
-      (a tensor keeps its autograd graph, so the value can be optimised).
+      (a tensor keeps its autograd graph, so the value can be optimised). At a step
+      window ``blk@A-B`` it may have one row per step (steps x U), applied step by step.
     * ``Value.quantile(q)``: each unit's ``q`` quantile over samples
       (:func:`gdx.unit_quantiles`; GANPaint's "draw" value is ``q=0.99``).
     * ``Value.insertion(concept)``: each unit's insertion constant for ``concept``
@@ -190,6 +191,13 @@ ValueSpec = ValueLike
 # -- the edit ----------------------------------------------------------------------
 
 
+def per_step_rows(layer: str, value: torch.Tensor) -> bool:
+    """Whether ``value`` holds one row per step of the window ``layer`` (steps x U): statistics at a
+    window, or a per-unit value given that way. Such a value is applied row by row, step by step."""
+    window = LayerAddress.parse(layer)
+    return window.is_window and value.dim() == 2 and value.shape[0] == len(window.calls())
+
+
 @dataclasses.dataclass
 class Edit:
     """One edit: on ``layer``, units ``units`` (None = all) take ``value`` inside ``region``.
@@ -299,13 +307,9 @@ class Intervention(contextlib.AbstractContextManager["Intervention"]):
         self._stack = contextlib.ExitStack()
 
     def _resolve_value(self, edit: Edit) -> torch.Tensor:
-        """The edit's value; for a statistic at a step window (``blk@A-B``), one row per step
-        (steps x U), each the statistic at that step: a unit's activations differ by step."""
+        """The edit's value; a statistic at a step window (``blk@A-B``) is steps x U, one row
+        per step (:func:`unit_quantiles`, :func:`insertion_values`): a unit's activations differ by step."""
         value = Value.parse(edit.value)
-        addr = LayerAddress.parse(edit.layer)
-        if value.needs_statistics and self.stats is None and addr.is_window:
-            rows = [self._resolve_value(dataclasses.replace(edit, layer=addr.at(k).name)) for k in addr.calls()]
-            return torch.stack(rows)
         if value.kind == "constant":
             assert value.number is not None
             return torch.tensor(value.number)
@@ -364,8 +368,7 @@ class Intervention(contextlib.AbstractContextManager["Intervention"]):
 
     def __enter__(self) -> "Intervention":
         self._values = [self._resolve_value(e) for e in self.edits]
-        self._per_step = {i for i, e in enumerate(self.edits) if Value.parse(e.value).needs_statistics
-                          and self.stats is None and LayerAddress.parse(e.layer).is_window}
+        self._per_step = {i for i, e in enumerate(self.edits) if per_step_rows(e.layer, self._values[i])}
         self._regions = [None if e.region is None else torch.as_tensor(e.region) for e in self.edits]
         by_layer: dict[str, list[int]] = {}
         for i, e in enumerate(self.edits):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from gdx.errors import InterventionError
 from gdx.interfaces import Generator, Segmenter
 from gdx.sampling import concept_index, concept_mask, latent_batches, layer_output, segment_images
-from gdx.tracing import Trace
+from gdx.tracing import LayerAddress, Trace
 
 #: Cap on the activations kept per unit when computing exact quantiles.
 MAX_QUANTILE_VALUES = 2_000_000
@@ -27,6 +27,20 @@ def _quantile_rows(values: torch.Tensor, q: float) -> torch.Tensor:
     hi = min(lo + 1, ordered.shape[1] - 1)
     frac = pos - lo
     return ordered[:, lo] * (1 - frac) + ordered[:, hi] * frac
+
+
+def step_layers(layer: str) -> list[str]:
+    """The addresses read to take statistics at ``layer``: each step of a window, else the layer."""
+    window = LayerAddress.parse(layer)
+    return [window.at(k).name for k in window.calls()] if window.is_window else [layer]
+
+
+def stack_steps(layer: str, values: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """Per-step statistics as one value: U floats, or steps x U at a window (None if any is missing)."""
+    if any(v is None for v in values):
+        return None
+    rows = [v for v in values if v is not None]
+    return torch.stack(rows) if LayerAddress.parse(layer).is_window else rows[0]
 
 
 @torch.no_grad()
@@ -43,10 +57,16 @@ def unit_quantiles(
 
     GANPaint's "draw" value is the 0.99 quantile. The quantile is exact over the
     values kept; when a unit would exceed ``MAX_QUANTILE_VALUES`` values, every cell
-    of a deterministic stride is kept instead.
+    of a deterministic stride is kept instead. At a step window (``blk@A-B``) the
+    quantiles are taken at each step: steps x U, one row per step (a unit's activations
+    differ by step), which an edit at that window applies step by step.
     """
     if not 0.0 <= q <= 1.0:
         raise InterventionError(f"quantile q must be in [0, 1], got {q}")
+    window = LayerAddress.parse(layer)
+    if window.is_window:
+        return torch.stack([unit_quantiles(generator, window.at(k).name, q, samples=samples, seed=seed,
+                                           batch_size=batch_size) for k in window.calls()])
     chunks: list[torch.Tensor] = []
     stride = 1
     for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
@@ -102,15 +122,19 @@ def insertion_values(
     k_u is the mean of unit u's activation over the feature cells where the concept
     is present, each cell weighted by the fraction of its pixels the concept covers
     (the segmentation average-pooled to the layer's grid). This is the reference's
-    default ("weighted mean present feature").
+    default ("weighted mean present feature"). At a step window (``blk@A-B``): steps x U,
+    one row per step, from the same passes.
     """
     index = concept_index(segmenter, concept)
-    mean = InsertionMean()
+    steps = step_layers(layer)
+    means = [InsertionMean() for _ in steps]
     for z in latent_batches(generator, samples, seed=seed, batch_size=batch_size):
-        with Trace(generator, layer) as tr:
+        with Trace(generator, steps) as tr:
             images = generator.generate(z)
-        mean.add(tr[layer], concept_mask(segment_images(segmenter, images), index))
-    value = mean.value()
+        mask = concept_mask(segment_images(segmenter, images), index)
+        for mean, name in zip(means, steps):
+            mean.add(tr[name], mask)
+    value = stack_steps(layer, [m.value() for m in means])
     if value is None:
         raise InterventionError(
             f"concept {segmenter.labels[index]!r} never appears in {samples} samples (seed {seed}): "

@@ -193,3 +193,53 @@ def test_bad_folders_say_what_is_wrong(tmp_path, folders):
         gdx.load_generator("diffusion", weights=str(odd))
     with pytest.raises(gdx.errors.AdapterOptionError, match="no text_encoder.*prompt_embeds="):
         gdx.load_generator("diffusion", weights=str(folders["cond"]))
+
+
+@torch.no_grad()
+def test_a_text_encoder_in_the_folder_encodes_the_prompt(folders, tmp_path, monkeypatch):
+    """The prompt path, with a stand-in for the transformers package (CI has none): the folder's
+    tokenizer and text encoder give the embeddings a prompt_embeds file would."""
+    import shutil
+    import sys
+    import types
+
+    from safetensors.torch import save_file
+
+    class Tokenizer:
+        model_max_length = 5
+
+        @classmethod
+        def from_pretrained(cls, path, **kw):
+            return cls()
+
+        def __call__(self, texts, **kw):
+            return types.SimpleNamespace(input_ids=torch.tensor([[len(t) % 8] * 5 for t in texts]))
+
+    class Encoder(torch.nn.Module):
+        @classmethod
+        def from_pretrained(cls, path, **kw):
+            assert kw.get("use_safetensors") and kw.get("local_files_only")
+            return cls()
+
+        def forward(self, ids):
+            return (torch.nn.functional.one_hot(ids, 8).float(),)
+
+    fake = types.ModuleType("transformers")
+    fake.FakeTokenizer, fake.FakeEncoder = Tokenizer, Encoder
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    folder = tmp_path / "sd"
+    shutil.copytree(folders["cond"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(text_encoder=["transformers", "FakeEncoder"], tokenizer=["transformers", "FakeTokenizer"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "tokenizer").mkdir()
+    (folder / "text_encoder").mkdir()
+    save_file({"w": torch.zeros(1)}, str(folder / "text_encoder" / "model.safetensors"))
+    g = gdx.load_generator("diffusion", weights=str(folder), steps=2, prompt="a tree", negative_prompt="")
+    embeds = tmp_path / "e.safetensors"
+    one_hot = torch.nn.functional.one_hot
+    save_file({"prompt_embeds": one_hot(torch.full((1, 5), 6), 8).float(),
+               "negative_prompt_embeds": one_hot(torch.zeros(1, 5, dtype=torch.long), 8).float()}, str(embeds))
+    h = gdx.load_generator("diffusion", weights=str(folder), steps=2, prompt_embeds=str(embeds))
+    z = g.sample_latents(1, seed=0)
+    assert torch.equal(g.generate(z), h.generate(z))

@@ -208,3 +208,32 @@ def test_a_one_step_generator_is_unchanged():
         a = g.generate(z)
     with gdx.intervene(g, "0@0", [1]):
         assert torch.equal(g.generate(z), a)
+
+
+def test_paint_and_causal_effects_take_a_step_address(gen):
+    from gdx.paint.engine import PaintEngine, Stroke
+
+    seg = gdx.wrap_segmenter(lambda im: (im[:, 0] > 0).long(), labels=["dark", "bright"])
+    d = gdx.dissect(gen, seg, "blk@1", samples=8, batch_size=4, seed=0)
+    engine = PaintEngine.build(gen, d, samples=8, iou_min=0.0)
+    assert engine.grid == (8, 8)
+    concept = next(iter(engine.concepts))
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:6, 2:6] = True
+    before = engine.render(0)
+    after = engine.render(0, [Stroke(concept, "remove", mask)], n_units=2)
+    assert (before != after).any() and count_hooks(gen.module) == 0
+    effect = gdx.causal_effect(gen, seg, "blk@0-2", [0, 1], "bright", samples=8)
+    assert effect.layer == "blk@0-2" and -1.0 <= effect.removed <= 1.0 and count_hooks(gen.module) == 0
+    # insertion values at a window are per step, the same numbers as at each step
+    k = gdx.insertion_values(gen, seg, "blk@0-2", "bright", samples=8)
+    assert k.shape == (3, 4)
+    assert torch.allclose(k[1], gdx.insertion_values(gen, seg, "blk@1", "bright", samples=8))
+    assert len(effect.insertion_value) == 12
+    # the learned alpha runs per step too
+    def probs(images: torch.Tensor) -> torch.Tensor:  # soft "bright" vs "dark", differentiable
+        p = torch.sigmoid(8 * images[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+
+    rank = gdx.optimize_units(gen, seg, "blk@0-2", "bright", samples=8, epochs=1, probs=probs)
+    assert rank.layer == "blk@0-2" and count_hooks(gen.module) == 0

@@ -24,9 +24,9 @@ from gdx.causal.ranking import IouTable, _iou_column
 from gdx.causal.results import UnitRanking
 from gdx.errors import InterventionError, NotDifferentiableError
 from gdx.interfaces import Generator, Segmenter
-from gdx.intervention import intervene
+from gdx.intervention import intervene, per_step_rows
 from gdx.sampling import concept_mask, resize_for, segment_images
-from gdx.tracing import Trace
+from gdx.tracing import LayerAddress, Trace
 
 ProbFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -214,7 +214,10 @@ def _prepare(
     if mode == "image" and ablation_read == "concept":
         masks = _pixel_masks(generator, segmenter, c, z_all, bs)
     kk = k.to(generator.device)
-    kk = kk.view(1, -1, 1, 1) if kk.dim() == 1 else kk
+    if per_step_rows(layer, kk):  # insertion values at a step window: one row per step, S x 1 x U x 1 x 1
+        kk = kk[:, None, :, None, None]
+    else:
+        kk = kk.view(1, -1, 1, 1) if kk.dim() == 1 else kk
     return _Problem(
         generator=generator, layer=layer, concept=runner.concept, index=c, n_units=int(runner.n_units or 0),
         grid=grid, bs=bs, z_all=z_all, present=present, insert_ids=c_all, p_cells=p_cells, c_cells=c_cells,
@@ -240,10 +243,15 @@ def _concept_prob(
         where = F.one_hot(cells[ids], grid[0] * grid[1]).to(a).view(-1, 1, grid[0], grid[1])
         a = a * where
 
-    def edit(_name: str, r: torch.Tensor) -> torch.Tensor:
-        return r * (1 - a) + pb.kk * a if insert else r * (1 - a)
+    trace = Trace(pb.generator, pb.layer, record=False)
+    first = LayerAddress.parse(pb.layer).first or 0
 
-    with Trace(pb.generator, pb.layer, edit=edit, record=False):
+    def edit(name: str, r: torch.Tensor) -> torch.Tensor:
+        kk = pb.kk[trace.call_index(name) - first] if pb.kk.dim() == 5 else pb.kk  # this step's row
+        return r * (1 - a) + kk * a if insert else r * (1 - a)
+
+    trace.edit = edit
+    with trace:
         images = pb.generator.generate(z)
     p = pb.prob_fn(images)[:, pb.index]
     if cells is None:

@@ -17,7 +17,7 @@ from gdx.interfaces import Generator, Segmenter
 from gdx.intervention import intervene
 from gdx.sampling import concept_index, concept_mask, label_fractions, latent_batches, segment_images
 from gdx.tracing import Trace
-from gdx.values import InsertionMean
+from gdx.values import InsertionMean, stack_steps, step_layers
 
 #: Concepts covering less than this fraction of pixels get no side-effect figure.
 MIN_SIDE_COVERAGE = 1e-3
@@ -65,23 +65,26 @@ class EffectRunner:
         """Pixel fractions N x L of the unedited samples (and the insertion values, in the same pass)."""
         if self._baseline is None:
             fractions = []
-            mean = InsertionMean()
+            steps = step_layers(self.layer)  # a step window's insertion values are per step
+            means = [InsertionMean() for _ in steps]
             for z in self.batches():
-                with Trace(self.generator, self.layer) as tr:
+                with Trace(self.generator, steps) as tr:
                     images = self.generator.generate(z)
-                r = tr[self.layer]
+                r = tr[steps[0]]
                 self.n_units, self.grid = int(r.shape[1]), (int(r.shape[2]), int(r.shape[3]))
                 seg = segment_images(self.segmenter, images)
                 fractions.append(label_fractions(seg, self.n_labels).cpu())
-                mean.add(r, concept_mask(seg, self.index))
+                mask = concept_mask(seg, self.index)
+                for mean, name in zip(means, steps):
+                    mean.add(tr[name], mask)
             self._baseline = torch.cat(fractions)
             if self._value is None:
-                self._value = mean.value()
+                self._value = stack_steps(self.layer, [m.value() for m in means])
         return self._baseline
 
     @property
     def value(self) -> torch.Tensor:
-        """Insertion values (U floats, or a scalar) for the concept."""
+        """Insertion values (U floats, or a scalar; steps x U at a step window) for the concept."""
         self.baseline()
         if self._value is None:
             raise InterventionError(
