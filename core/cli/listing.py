@@ -55,7 +55,11 @@ def layer_shapes(generator: Generator) -> dict[str, tuple[int, ...]]:
         if not lname:
             continue
 
-        def record(_m: Any, _i: Any, output: Any, lname: str = lname) -> None:
+        view = generator.feature_view(lname)  # what the engine's hooks see (tokens as maps, guided rows)
+
+        def record(_m: Any, _i: Any, output: Any, lname: str = lname, view: Any = view) -> None:
+            if view is not None:
+                output = view.to_map(output)
             if isinstance(output, torch.Tensor):
                 shapes.setdefault(lname, tuple(int(d) for d in output.shape[1:]))
 
