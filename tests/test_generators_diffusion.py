@@ -145,10 +145,27 @@ def test_the_engine_on_a_diffusion_unet(folders):
         edited = g.generate(z)
     assert not torch.allclose(edited, plain, atol=1e-5) and torch.equal(g.generate(z), plain)
     seg = gdx.wrap_segmenter(lambda im: (im[:, 0] > 0).long(), labels=["dark", "bright"])
-    d = gdx.dissect(g, seg, g.default_layer, samples=4, batch_size=2)
-    assert d.units == 16
     with pytest.raises(gdx.LayerAddressError, match=f"{STEPS} times per image"):
         gdx.dissect(g, seg, "unet.mid_block", samples=4)
+
+
+def test_gdx_run_and_paint_over_a_window(folders, tmp_path):
+    from click.testing import CliRunner
+
+    from gdx.cli import cli
+    from gdx.paint.engine import Stroke
+    from gdx.paint.models import engine_from_run
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", "--gen", "diffusion", "--gen-opt", f"weights={folders['ddim']}", "--gen-opt",
+                                 f"steps={STEPS}", "--seg", "toy", "--samples", "4", "--batch-size", "2", "--quiet",
+                                 "--out", str(out), "--layer", "unet.mid_block@1"])
+    assert r.exit_code == 0, r.output
+    engine = engine_from_run(out, "unet.mid_block@0-2", quantile_samples=4, iou_min=0.0)
+    assert engine.layer == "unet.mid_block@0-2" and engine.dissection.layer == "unet.mid_block@1"
+    concept = next(iter(engine.concepts))
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    assert (engine.render(0, [Stroke(concept, "remove", mask)]) != engine.render(0)).any()
 
 
 @torch.no_grad()

@@ -223,6 +223,17 @@ def test_paint_and_causal_effects_take_a_step_address(gen):
     before = engine.render(0)
     after = engine.render(0, [Stroke(concept, "remove", mask)], n_units=2)
     assert (before != after).any() and count_hooks(gen.module) == 0
+    # painting a window with the units ranked at one step: per-step draw values, edits at every step
+    window = PaintEngine.build(gen, d, samples=8, iou_min=0.0, edit_layer="blk@0-2")
+    assert window.layer == "blk@0-2" and window.quantiles.shape == (3, 4)
+    painted = window.render(0, [Stroke(concept, "draw", mask)], n_units=2)
+    assert (painted != before).any() and count_hooks(gen.module) == 0
+    with pytest.raises(gdx.PaintError, match="not a step window of the dissected block"):
+        PaintEngine(gen, d, torch.zeros(4), edit_layer="out@0-2")
+    from gdx.paint.models import _dissected_step, ranking_step
+
+    assert ranking_step("blk@0-2") == "blk@2" and ranking_step("blk@1") == "blk@1"
+    assert _dissected_step("blk@0-2", ["inp@1", "blk@1", "blk@0"]) == "blk@1"
     effect = gdx.causal_effect(gen, seg, "blk@0-2", [0, 1], "bright", samples=8)
     assert effect.layer == "blk@0-2" and -1.0 <= effect.removed <= 1.0 and count_hooks(gen.module) == 0
     # insertion values at a window are per step, the same numbers as at each step

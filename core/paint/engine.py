@@ -26,11 +26,11 @@ import torch
 
 from gdx.errors import GdxError, PaintError
 from gdx.interfaces import Generator
-from gdx.intervention import Edit, intervene
+from gdx.intervention import Edit, intervene, per_step_rows
 from gdx.values import unit_quantiles
 from gdx.plots import to_uint8
 from gdx.results import Dissection
-from gdx.tracing import Trace
+from gdx.tracing import LayerAddress, Trace
 
 Mode = Literal["draw", "remove"]
 #: Most units one concept may bring into an edit.
@@ -105,13 +105,20 @@ class PaintEngine:
 
     def __init__(self, generator: Generator, dissection: Dissection, quantiles: torch.Tensor, *,
                  max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None,
-                 iou_min: float | None = None) -> None:
+                 iou_min: float | None = None, edit_layer: str | None = None) -> None:
         self.generator = generator
         self.dissection = dissection
-        self.layer = dissection.layer
-        self.quantiles = torch.as_tensor(quantiles, dtype=torch.float32).reshape(-1)
-        if self.quantiles.numel() != dissection.units:
-            raise PaintError(f"{self.quantiles.numel()} quantiles for {dissection.units} units of {self.layer!r}")
+        #: where strokes are painted: the dissected layer, or a step window of its block (``blk@A-B``,
+        #: units ranked at the dissected step, drawn at every step of the window)
+        self.layer = edit_layer or dissection.layer
+        if LayerAddress.parse(self.layer).block != LayerAddress.parse(dissection.layer).block:
+            raise PaintError(f"edit_layer {self.layer!r} is not a step window of the dissected block "
+                             f"{LayerAddress.parse(dissection.layer).block!r}: units are only the same units there")
+        self.quantiles = torch.as_tensor(quantiles, dtype=torch.float32)
+        if self.quantiles.dim() != 2 or not per_step_rows(self.layer, self.quantiles):
+            self.quantiles = self.quantiles.reshape(-1)  # one draw value per unit (steps x U at a window)
+        if self.quantiles.shape[-1] != dissection.units:
+            raise PaintError(f"{self.quantiles.shape[-1]} quantiles for {dissection.units} units of {self.layer!r}")
         self.concepts = {c.name: c for c in rank_concepts(dissection, max_units=max_units, rankings=rankings,
                                                              iou_min=iou_min)}
         self.lock = threading.Lock()
@@ -123,14 +130,16 @@ class PaintEngine:
     @classmethod
     def build(cls, generator: Generator, dissection: Dissection, *, samples: int = 200, seed: int = 0,
               max_units: int = MAX_UNITS, rankings: dict[str, tuple[str, list[int]]] | None = None,
-              iou_min: float | None = None) -> "PaintEngine":
+              iou_min: float | None = None, edit_layer: str | None = None) -> "PaintEngine":
         """Compute each unit's 0.99 quantile (the "draw" value) from ``samples`` samples, then build.
 
         ``iou_min`` (default :data:`PAINT_IOU_FLOOR`) is the IoU a unit needs to be
-        painted with for a concept.
+        painted with for a concept. ``edit_layer``: paint at a step window of the dissected
+        block (docs/diffusion.md); its draw values are the quantiles at each step.
         """
-        q = unit_quantiles(generator, dissection.layer, 0.99, samples=samples, seed=seed)
-        return cls(generator, dissection, q, max_units=max_units, rankings=rankings, iou_min=iou_min)
+        q = unit_quantiles(generator, edit_layer or dissection.layer, 0.99, samples=samples, seed=seed)
+        return cls(generator, dissection, q, max_units=max_units, rankings=rankings, iou_min=iou_min,
+                   edit_layer=edit_layer)
 
     def with_generator(self, generator: Generator) -> "PaintEngine":
         """This engine (same concepts, units and draw values) serving ``generator``'s samples.
@@ -161,7 +170,7 @@ class PaintEngine:
             if concept is None:
                 raise PaintError(f"unknown concept {s.concept!r}; paintable: {', '.join(self.concepts)}")
             units = list(concept.units[: max(1, int(n_units))])
-            value = self.quantiles[units] if s.mode == "draw" else torch.zeros(len(units))
+            value = self.quantiles[..., units] if s.mode == "draw" else torch.zeros(len(units))
             out.append(Edit(self.layer, units, value, s.mask.float()[None]))
         return out
 

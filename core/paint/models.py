@@ -19,6 +19,7 @@ from gdx.dissection import dissect
 from gdx.interfaces import Generator
 from gdx.paint.engine import PaintEngine
 from gdx.runs import AdapterSpec, RunFolder, RunManifest, choose_layers
+from gdx.tracing import LayerAddress
 
 
 def cache_root() -> Path:
@@ -38,6 +39,7 @@ def quick_dissection(generator: AdapterSpec, segmenter: AdapterSpec, layer: str 
     gen = generator.build("generator")
     seg = segmenter.build("segmenter")
     [layer] = choose_layers(gen, [layer or gen.paint_layer] if (layer or gen.paint_layer) else None)
+    layer = ranking_step(layer)  # a step window is painted with units ranked at its last step
     if log:
         log(f"dissecting {generator.name}:{layer} with {segmenter.name} on {samples} samples (cached in {folder.path})")
     result = dissect(gen, seg, layer, samples=samples, seed=seed, progress=False)
@@ -45,6 +47,25 @@ def quick_dissection(generator: AdapterSpec, segmenter: AdapterSpec, layer: str 
                            threshold=0.99, synthetic="toy" in (generator.name, segmenter.name))
     folder.save(manifest, [result])
     return folder.path
+
+
+def ranking_step(layer: str) -> str:
+    """The layer whose dissection ranks the units painted at ``layer``: itself, or for a step window
+    ``blk@A-B`` its last step ``blk@B`` -- the step nearest the finished image the segmenter labels."""
+    window = LayerAddress.parse(layer)
+    return window.at(window.calls()[-1]).name if window.is_window else layer
+
+
+def _dissected_step(layer: str, dissected: list[str]) -> str | None:
+    """For a step window, the run's dissected step of the same block (inside the window first, latest)."""
+    window = LayerAddress.parse(layer)
+    if not window.is_window:
+        return None
+    steps = [LayerAddress.parse(d) for d in dissected]
+    same = [a for a in steps if a.block == window.block and a.first is not None and not a.is_window]
+    inside = [a for a in same if a.first in window.calls()]
+    best = sorted(inside or same, key=lambda a: a.first or 0)
+    return best[-1].name if best else None
 
 
 def saved_rankings(run_dir: Path, layer: str) -> dict[str, tuple[str, list[int]]]:
@@ -71,14 +92,20 @@ def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator:
     Concepts with a unit ranking saved in the run folder (e.g. the learned alpha of
     ``gdx.optimize_units``) use it; the others use the dissection's IoU ranking. Without
     ``layer``: the generator's ``paint_layer`` when the run dissected it, else the run's
-    first layer.
+    first layer. A step window ``blk@A-B`` (docs/diffusion.md) is painted with the units
+    of the run's dissected step of that block (inside the window, the latest).
     """
     folder = RunFolder(run_dir)
     manifest = folder.manifest()
     if generator is None:
         generator = manifest.generator.build("generator")
-    if layer is None and generator.paint_layer in manifest.layers:
+    if layer is None and generator.paint_layer and (generator.paint_layer in manifest.layers
+                                                   or _dissected_step(generator.paint_layer, manifest.layers)):
         layer = generator.paint_layer
+    edit_layer = None
+    if layer is not None and _dissected_step(layer, manifest.layers):  # paint a window, rank at a step
+        edit_layer, layer = layer, _dissected_step(layer, manifest.layers)
     dissection = folder.dissection(layer)  # checks the layer (None: the run's first) and the run id
     return PaintEngine.build(generator, dissection, samples=quantile_samples, seed=manifest.seed,
-                             rankings=saved_rankings(folder.path, dissection.layer), iou_min=iou_min)
+                             rankings=saved_rankings(folder.path, dissection.layer), iou_min=iou_min,
+                             edit_layer=edit_layer)
