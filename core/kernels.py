@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import functools
 import os
-import types
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+
 
 def available(t: torch.Tensor) -> bool:
     """Whether the compiled loops can count ``t`` (a CPU tensor, numba installed, not turned off)."""
@@ -45,10 +45,7 @@ def _compiled() -> SimpleNamespace | None:
     except ImportError:  # pragma: no cover - exercised where numba is absent
         return None
     jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-    bucket = jit(_bucket)
-    globals_needed = {"_bucket": bucket}
-    count_all = jit(_rebind(_count_all_levels, globals_needed))
-    return SimpleNamespace(bucket_table=jit(_bucket_table), count_all_levels=count_all,
+    return SimpleNamespace(bucket_table=jit(_bucket_table), count_all_levels=jit(_count_all_levels),
                            count_one_level=jit(_count_one_level))
 
 
@@ -71,36 +68,38 @@ def _bucket_table(levels: Any, cells: int) -> tuple[Any, Any, Any]:  # pragma: n
     return lo, scale, before
 
 
-def _bucket(v: float, u: int, levels: Any, lo: Any, scale: Any, before: Any, cells: int) -> int:  # pragma: no cover
-    """#levels of unit ``u`` strictly below ``v``: the table's guess, then a local search (exact)."""
-    L = levels.shape[1]
-    c = (v - lo[u]) * scale[u]
-    g = 0 if not c > 0 else (cells if c >= cells else int(c))
-    b = before[u, g]
-    while b > 0 and levels[u, b - 1] >= v:
-        b -= 1
-    while b < L and levels[u, b] < v:
-        b += 1
-    return b
+def _count_all_levels(up: Any, slots: Any, start: int, levels: Any, lo: Any, scale: Any, before: Any, cells: int,
+                      hist: Any) -> None:  # pragma: no cover - compiled
+    """hist[start + u, slot, bucket] += 1 for every pixel of every unit (bucket = #levels below it).
 
-
-def _count_all_levels(up: Any, lab: Any, start: int, levels: Any, lo: Any, scale: Any, before: Any, cells: int,
-                      hist: Any, hist_above: Any) -> None:  # pragma: no cover - compiled
-    """hist[start + u, bucket, lab] += 1 for every pixel; hist_above[start + u, bucket] += 1.
-
-    ``up`` (n, span, P) float32 upsampled values; ``lab`` (n, K, P) int32 histogram slots
-    (label + 1, 0 = none); ``hist`` (U, L + 1, C + 1) and ``hist_above`` (U, L + 1) int64.
+    ``up`` (n, span, P) float32 upsampled values; ``slots`` (n, P) int32 histogram slots
+    (label + 1, 0 = none); ``hist`` (U, C + 1, L + 1) int64. Label-major, so consecutive
+    pixels (mostly one label) hit nearby cells. A pixel's bucket is the table's guess,
+    fixed by a local search: exact even where the guess is off.
     """
     n, span, P = up.shape
-    K = lab.shape[1]
+    L = levels.shape[1]
+    fcells = np.float32(cells)
+    zero = np.float32(0.0)
     for u in range(span):
         gu = start + u
+        lv = levels[gu]
+        bf = before[gu]
+        h = hist[gu]
+        lo_u = lo[gu]
+        sc = scale[gu]
         for i in range(n):
+            row = up[i, u]
+            lab = slots[i]
             for p in range(P):
-                b = _bucket(up[i, u, p], gu, levels, lo, scale, before, cells)
-                hist_above[gu, b] += 1
-                for k in range(K):
-                    hist[gu, b, lab[i, k, p]] += 1
+                v = row[p]
+                c = min(max((v - lo_u) * sc, zero), fcells)
+                b = bf[np.int32(c)]
+                while b > 0 and lv[b - 1] >= v:
+                    b -= 1
+                while b < L and lv[b] < v:
+                    b += 1
+                h[lab[p], b] += 1
 
 
 def _count_one_level(up: Any, lab: Any, partner: Any, level: Any, start: int, above: Any, x: Any,
@@ -130,11 +129,6 @@ def _count_one_level(up: Any, lab: Any, partner: Any, level: Any, start: int, ab
                                 x_null[i, u, c] += 1
 
 
-def _rebind(fn: Any, names: dict[str, Any]) -> Any:
-    """``fn`` with some of its globals replaced (the compiled callee, which numba needs to see)."""
-    return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
-
-
 class CompiledTable:
     """The per-unit bucket table of ``levels`` (U, L) for the compiled loops (built once)."""
 
@@ -146,12 +140,10 @@ class CompiledTable:
         self._jit = jit
         self.lo, self.scale, self.before = jit.bucket_table(self.levels, self.cells)
 
-    def count(self, up: torch.Tensor, slots: torch.Tensor, start: int, hist: torch.Tensor,
-              hist_above: torch.Tensor) -> None:
-        """Add ``up`` (n, span, P) with histogram slots ``slots`` (n, K, P) to ``hist`` (U, L+1, C+1) in place."""
+    def count(self, up: torch.Tensor, slots: torch.Tensor, start: int, hist: torch.Tensor) -> None:
+        """Add ``up`` (n, span, P) with histogram slots ``slots`` (n, P) to ``hist`` (U, C+1, L+1) in place."""
         self._jit.count_all_levels(up.contiguous().numpy(), slots.to(torch.int32).contiguous().numpy(), start,
-                          self.levels, self.lo, self.scale, self.before, self.cells, hist.numpy(),
-                          hist_above.numpy())
+                                   self.levels, self.lo, self.scale, self.before, self.cells, hist.numpy())
 
 
 def count_one_level(up: torch.Tensor, labels: torch.Tensor, partner: torch.Tensor, level: torch.Tensor,

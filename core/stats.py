@@ -264,6 +264,8 @@ class LevelCounts:
         # cumulative counts above each level are folded in when read: no per-batch cumsum.
         self._hist: torch.Tensor | None = None
         self._hist_above: torch.Tensor | None = None
+        # the compiled loops' histogram, label-major: (unit, label + 1, bucket) (gdx.kernels)
+        self._hist_lb: torch.Tensor | None = None
         self.area = torch.zeros(self.num_labels, dtype=torch.int64)
         self.pixels = torch.zeros((), dtype=torch.int64)
         self._dev_levels: dict[torch.device, torch.Tensor] = {}
@@ -307,6 +309,14 @@ class LevelCounts:
                 h = hist[u0 : u0 + 16]
                 self._cooc[u0 : u0 + 16] += (h.sum(1, keepdim=True) - h.cumsum(1))[:, :L, 1:]
             self._above += (hist_above.sum(1, keepdim=True) - hist_above.cumsum(1))[:, :L]
+        if self._hist_lb is not None:
+            lb, self._hist_lb = self._hist_lb, None
+            L = self.num_levels
+            for u0 in range(0, self.units, 16):
+                h = lb[u0 : u0 + 16]  # units, C + 1, L + 1
+                self._cooc[u0 : u0 + 16] += (h.sum(2, keepdim=True) - h.cumsum(2))[:, 1:, :L].transpose(1, 2)
+            every = lb.sum(1)  # units, L + 1: one label head, so every pixel once
+            self._above += (every.sum(1, keepdim=True) - every.cumsum(1))[:, :L]
 
     def _pending(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._hist is None or self._hist_above is None:
@@ -378,13 +388,13 @@ class LevelCounts:
     def _compiled(self, up: torch.Tensor, labels: torch.Tensor, start: int) -> bool:
         """Count a dense chunk with the compiled loops (:mod:`gdx.kernels`); False: not handled here."""
         span = up.shape[1]
-        if self._sink is None and self._count:
+        if self._sink is None and self._count and labels.shape[1] == 1:
             if self._kernel_table is None:
                 self._kernel_table = kernels.CompiledTable(self.levels)
-            L1, C1 = self.num_levels + 1, self.num_labels + 1
-            hist, hist_above = self._pending(up.device)
-            slots = (labels.flatten(2) + 1).clamp_(min=0)  # n, K, H*W: histogram slot 0 = no label
-            self._kernel_table.count(up, slots, start, hist.view(self.units, L1, C1), hist_above.view(self.units, L1))
+            if self._hist_lb is None:
+                self._hist_lb = torch.zeros(self.units, self.num_labels + 1, self.num_levels + 1, dtype=torch.int64)
+            slots = (labels[:, 0].flatten(1) + 1).clamp_(min=0)  # n, H*W: histogram slot 0 = no label
+            self._kernel_table.count(up, slots, start, self._hist_lb)
             return True
         one_level = getattr(self._sink, "count_one_level", None)
         if one_level is not None and not self._count and self.num_levels == 1:

@@ -37,11 +37,12 @@ def _counts(levels: torch.Tensor, acts: torch.Tensor, seg: torch.Tensor, compile
 
 
 @pytest.mark.parametrize("num_levels", [1, 2, 41])
-def test_all_level_counts_equal_the_torch_path(num_levels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("heads", [1, 2])
+def test_all_level_counts_equal_the_torch_path(num_levels: int, heads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     gen = torch.Generator().manual_seed(num_levels)
     levels = _levels(7, max(num_levels, 4), gen)[:, :num_levels].contiguous()
     levels[1:] = levels[1:] * 0.2  # most pixels above the lowest level: the dense path
-    acts, seg = _inputs(gen)
+    acts, seg = _inputs(gen, heads=heads)
     seg_int = seg[:, :, :15, :18]  # 3x upsampling (integer scale) and 20x24 from 5x6 (4x)
     for s in (seg, seg_int):
         a = _counts(levels, acts, s, True, monkeypatch)
