@@ -166,6 +166,12 @@ def test_gdx_run_and_paint_over_a_window(folders, tmp_path):
     concept = next(iter(engine.concepts))
     mask = torch.ones(8, 8, dtype=torch.bool)
     assert (engine.render(0, [Stroke(concept, "remove", mask)]) != engine.render(0)).any()
+    # gdx ace ranks by the run's step and ablates over the window
+    r = CliRunner().invoke(cli, ["ace", "--gen", "diffusion", "--gen-opt", f"weights={folders['ddim']}", "--gen-opt",
+                                 f"steps={STEPS}", "--seg", "toy", "--run", str(out), "--layer", "unet.mid_block@0-2",
+                                 "--concept", concept, "--samples", "4", "--out", str(tmp_path / "ace")])
+    assert r.exit_code == 0, r.output
+    assert f"{concept} / unet.mid_block@0-2" in r.output
 
 
 @torch.no_grad()

@@ -230,10 +230,10 @@ def test_paint_and_causal_effects_take_a_step_address(gen):
     assert (painted != before).any() and count_hooks(gen.module) == 0
     with pytest.raises(gdx.PaintError, match="not a step window of the dissected block"):
         PaintEngine(gen, d, torch.zeros(4), edit_layer="out@0-2")
-    from gdx.paint.models import _dissected_step, ranking_step
+    from gdx.paint.models import dissected_step, ranking_step
 
     assert ranking_step("blk@0-2") == "blk@2" and ranking_step("blk@1") == "blk@1"
-    assert _dissected_step("blk@0-2", ["inp@1", "blk@1", "blk@0"]) == "blk@1"
+    assert dissected_step("blk@0-2", ["inp@1", "blk@1", "blk@0"]) == "blk@1"
     effect = gdx.causal_effect(gen, seg, "blk@0-2", [0, 1], "bright", samples=8)
     assert effect.layer == "blk@0-2" and -1.0 <= effect.removed <= 1.0 and count_hooks(gen.module) == 0
     # insertion values at a window are per step, the same numbers as at each step

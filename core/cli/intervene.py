@@ -46,10 +46,17 @@ def _parse_units(text: str) -> list[int]:
         raise UsageError(f"--units {text!r}: expected comma-separated unit indices, e.g. --units 3,17,41") from None
 
 
-def _dissection_for(run_dir: str, layer: str) -> Dissection:
+def _dissection_for(run_dir: str | Path, layer: str) -> Dissection:
+    """The run's dissection of ``layer``; for a step window (``blk@A-B``), of the run's dissected step
+    of that block (inside the window, the latest): units are ranked at a step, edited over the window."""
+    from gdx.paint.models import dissected_step
     from gdx.runs import RunFolder
+    from gdx.tracing import LayerAddress
 
-    return RunFolder(run_dir).dissection(layer)
+    folder = RunFolder(run_dir)
+    if LayerAddress.parse(layer).is_window and folder.manifest_path.is_file():
+        layer = dissected_step(layer, folder.manifest().layers) or layer
+    return folder.dissection(layer)
 
 
 def _choose_units(layer: str, concept: str, units: str | None, ranking_file: str | None, run_dir: str | None,
@@ -204,11 +211,10 @@ def ace(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts: t
 
     def quick() -> Dissection:
         from gdx.paint.models import quick_dissection
-        from gdx.runs import RunFolder
 
         path = quick_dissection(models.generator_spec, models.segmenter_spec, layer, samples=300,
                                 log=lambda m: _say(f"no --run given: {m}"))
-        return RunFolder(path).dissection(layer)
+        return _dissection_for(path, layer)
 
     chosen, ranking_name = _ace_units(layer, concept, units, ranking_file, run_dir, top, quick)
     folder = _out_dir(out, f"ace-{gen_name}-{concept}")

@@ -56,7 +56,7 @@ def ranking_step(layer: str) -> str:
     return window.at(window.calls()[-1]).name if window.is_window else layer
 
 
-def _dissected_step(layer: str, dissected: list[str]) -> str | None:
+def dissected_step(layer: str, dissected: list[str]) -> str | None:
     """For a step window, the run's dissected step of the same block (inside the window first, latest)."""
     window = LayerAddress.parse(layer)
     if not window.is_window:
@@ -100,11 +100,11 @@ def engine_from_run(run_dir: str | Path, layer: str | None = None, *, generator:
     if generator is None:
         generator = manifest.generator.build("generator")
     if layer is None and generator.paint_layer and (generator.paint_layer in manifest.layers
-                                                   or _dissected_step(generator.paint_layer, manifest.layers)):
+                                                   or dissected_step(generator.paint_layer, manifest.layers)):
         layer = generator.paint_layer
     edit_layer = None
-    if layer is not None and _dissected_step(layer, manifest.layers):  # paint a window, rank at a step
-        edit_layer, layer = layer, _dissected_step(layer, manifest.layers)
+    if layer is not None and dissected_step(layer, manifest.layers):  # paint a window, rank at a step
+        edit_layer, layer = layer, dissected_step(layer, manifest.layers)
     dissection = folder.dissection(layer)  # checks the layer (None: the run's first) and the run id
     return PaintEngine.build(generator, dissection, samples=quantile_samples, seed=manifest.seed,
                              rankings=saved_rankings(folder.path, dissection.layer), iou_min=iou_min,
