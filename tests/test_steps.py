@@ -248,3 +248,21 @@ def test_paint_and_causal_effects_take_a_step_address(gen):
 
     rank = gdx.optimize_units(gen, seg, "blk@0-2", "bright", samples=8, epochs=1, probs=probs)
     assert rank.layer == "blk@0-2" and count_hooks(gen.module) == 0
+
+
+@torch.no_grad()
+def test_a_repair_at_a_window_hooks_its_steps_and_refuses_weights(gen):
+    from gdx.repair.search import ArtifactRepair
+
+    fields = dict(metric="m", higher_is_better=True, candidates=[0, 2], scores=[0.0, 0.0], units=[0, 2], before=0.0,
+                  after=0.0, held_out_before=0.0, held_out_after=0.0, confirmed=True, samples=1, seed=0, held_out=1,
+                  held_out_seed=1)
+    repair = ArtifactRepair(layer="blk@0-1", **fields)
+    z = gen.sample_latents(2, seed=5)
+    want, _ = by_hand(gen.module, z, zero=(0, 2), at=(0, 1))
+    fixed = repair.apply(gen)
+    assert torch.allclose(fixed.generate(z), want, atol=1e-6)
+    fixed.gdx_repair_handle.remove()
+    assert count_hooks(fixed.module) == 0
+    with pytest.raises(gdx.RepairError, match="mode='hook'"):
+        repair.apply(gen, mode="weights")

@@ -56,7 +56,7 @@ from gdx.repair.measure import (
 )
 from gdx.results import JsonResult
 from gdx.sampling import layer_output
-from gdx.tracing import LayerHooks, resolve_layers
+from gdx.tracing import LayerAddress, LayerHooks, resolve_layers
 
 
 @dataclasses.dataclass
@@ -138,6 +138,11 @@ class ArtifactRepair(JsonResult):
         module = resolve_layers(target, self.layer)[self.layer]
         units = torch.tensor(self.units, dtype=torch.long)
         if mode == "weights":
+            if LayerAddress.parse(self.layer).first is not None and int(target.steps_per_image) > 1:
+                raise RepairError(
+                    f"layer {self.layer!r} is a block at some steps, but zeroed weights act at every step "
+                    f"of the {target.steps_per_image}: use mode='hook' (or the generator option ablate=)"
+                )
             _zero_output_weights(module, units, self.layer)
             return target
         if mode != "hook":
