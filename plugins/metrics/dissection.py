@@ -88,7 +88,9 @@ class IQRRule(DissectionMetric):
         if c is None or int(c.pixels) == 0:
             raise RuntimeError("no batches counted")
         target = self.candidate_fractions()[None, :, None] * float(c.pixels)  # 1, K, 1
-        return (c.above.double()[:, None, :] - target).abs().argmin(2)  # U, K
+        above = c.above.double()
+        # a few units at a time: the (units, K, L) differences stay in cache
+        return torch.cat([(above[u : u + 16, None, :] - target).abs().argmin(2) for u in range(0, c.units, 16)])
 
     def result(self) -> UnitScores:
         c = self.counts
