@@ -45,6 +45,7 @@ GENERATOR_OPTIONS: dict[str, OptionsFn] = {
     "toy": lambda tmp: {},
     "scene": lambda tmp: {},  # the bundled weights
     "scene-vae": lambda tmp: {},
+    "scene-diffusion": lambda tmp: {},
     "progan": lambda tmp: {"weights": str(write_progan(tiny_progan(), tmp / "g.pth"))},
     "stylegan2": lambda tmp: {"weights": str(write_nvidia_pkl(tiny_stylegan2(), tmp / "g.pkl"))},
     "vae": _vae_options,

@@ -1,5 +1,8 @@
 """The bundled scene generators: a ProGAN ("scene") and a VAE decoder ("scene-vae").
 
+The scene diffusion model ("scene-diffusion") is registered here too, through the same hook;
+its loader lives in :mod:`gdx.plugins.generators.scene_diffusion`.
+
 Both were trained on the procedural scene world (:mod:`gdx.scenes`) by the scripts in
 ``tools.scenes.train_gan`` / ``tools.scenes.train_vae``; their weights ship inside the package
 as safetensors (fp16, loaded as fp32) with a JSON config giving the layer widths and the
@@ -19,6 +22,7 @@ import gdx
 from gdx.checkpoints import existing_file, load_safetensors_file
 from gdx.errors import CheckpointError
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
+from gdx.plugins.generators.scene_diffusion import build_scene_diffusion
 from gdx.hookspecs import Register
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -95,3 +99,4 @@ def build_scene_vae(weights: str = "") -> gdx.Generator:
 def register_generators(register: Register) -> None:
     register("scene", build_scene)
     register("scene-vae", build_scene_vae)
+    register("scene-diffusion", build_scene_diffusion)

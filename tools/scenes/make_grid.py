@@ -1,4 +1,4 @@
-"""Draw docs/scene_grid.png: real scenes, GAN samples and VAE samples, each above its
+"""Draw docs/scene_grid.png: real scenes, GAN, VAE and diffusion samples, each above its
 segmentation by the bundled scene segmenter, with a colour legend of the labels.
 
 Why a script: the picture in the docs must come from the shipped weights, and be
@@ -70,7 +70,8 @@ def make_grid(out: Path, n: int = 8, seed: int = 0) -> None:
 
     seg = gdx.load_segmenter("scene")
     bands = [("rendered scenes", render_scenes(n, seed=seed + 31_337).images)]
-    for title, name in (("scene GAN samples", "scene"), ("scene VAE samples", "scene-vae")):
+    for title, name in (("scene GAN samples", "scene"), ("scene VAE samples", "scene-vae"),
+                        ("scene-diffusion samples (10 Euler steps)", "scene-diffusion")):
         gen = gdx.load_generator(name)
         bands.append((title, gen.generate(gen.sample_latents(n, seed=seed)).clamp(-1, 1)))
     scale, margin = 3, 14

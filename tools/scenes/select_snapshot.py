@@ -1,4 +1,4 @@
-"""Judge the EMA snapshots of a scene-GAN run and export the one to ship.
+"""Judge the EMA snapshots of a scene-GAN (or scene-diffusion) run and export the one to ship.
 
 Why: a GAN's samples drift while it trains (a small concept such as window can come and
 go between checkpoints), so the last step is not always the best one. This scores every
@@ -12,7 +12,14 @@ many concepts cover at least 0.5% of pixels, and the rarest of tree/door/window 
     python -m tools.scenes.select_snapshot --run runs/gan --export plugins/generators/weights/scene_gan.safetensors
 
 ``--export`` writes the best snapshot (or ``--step N``) with its JSON config, the same
-two files ``train_gan --export`` writes.
+two files ``train_gan --export`` writes. A ``train_diffusion`` run's snapshots carry their
+config in their metadata and are scored the same way (latents: the initial noise, seed
+4242); ``--sampler-steps`` and ``--shift`` try other sampler settings, and ``--export``
+ships them in the config:
+
+    python -m tools.scenes.select_snapshot --run runs/diffusion --samples 1000
+    python -m tools.scenes.select_snapshot --run runs/diffusion --step 9000 \
+        --export plugins/generators/weights/scene_diffusion.safetensors
 """
 
 from __future__ import annotations
@@ -67,6 +74,32 @@ def load_snapshot(path: Path, sizes: list[int]) -> torch.nn.Module:
     return module.eval()
 
 
+def snapshot_config(path: Path) -> dict[str, object] | None:
+    """The model config a ``train_diffusion`` snapshot carries in its metadata (None for a GAN snapshot)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["config"]) if "config" in meta else None
+
+
+def load_model(run: Path, path: Path, sampler: dict[str, object] | None = None) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """A snapshot of either run kind as (module mapping latents to images, latent shape).
+
+    ``sampler`` overrides a diffusion snapshot's sampler settings (``steps``, ``shift``).
+    """
+    config = snapshot_config(path)
+    if config is None:
+        sizes = run_sizes(run, path)
+        return load_snapshot(path, sizes), (sizes[0],)
+    from gdx.checkpoints import load_safetensors_file
+    from gdx.plugins.generators.scene_diffusion_arch import build_from_config
+
+    module = build_from_config({**config, **(sampler or {})})
+    module.load_state_dict({k: v.float() for k, v in load_safetensors_file(path, what="diffusion snapshot").items()})
+    return module.eval(), tuple(int(s) for s in config["latent_shape"])  # type: ignore[union-attr]
+
+
 def run_sizes(run: Path, path: Path) -> list[int]:
     from safetensors import safe_open
 
@@ -78,16 +111,18 @@ def run_sizes(run: Path, path: Path) -> list[int]:
     return [int(s) for s in state["sizes"]]
 
 
-def score_run(run: Path, samples: int) -> list[SnapshotScore]:
+def score_run(run: Path, samples: int, sampler: dict[str, object] | None = None,
+              steps: list[int] | None = None) -> list[SnapshotScore]:
     import gdx
 
     seg = gdx.load_segmenter("scene")
     real = rendered_label_frequencies(samples, seed=SELECTION_SEED, segment=seg.segment)
     scores = []
     for step, path in snapshots(run):
-        sizes = run_sizes(run, path)
-        module = load_snapshot(path, sizes)
-        z = torch.randn(samples, sizes[0], generator=torch.Generator().manual_seed(SELECTION_SEED))
+        if steps and step not in steps:
+            continue
+        module, latent_shape = load_model(run, path, sampler)
+        z = torch.randn(samples, *latent_shape, generator=torch.Generator().manual_seed(SELECTION_SEED))
         fake = generated_label_frequencies(module, seg.segment, z)
         freq = {lab: float(f) for lab, f in zip(LABELS, fake)}
         scores.append(
@@ -117,10 +152,24 @@ def best(scores: list[SnapshotScore]) -> SnapshotScore:
     return max(scores, key=lambda s: (s.concepts, s.key_min >= 0.005, -s.tv))
 
 
-def export(run: Path, score: SnapshotScore, dest: Path) -> None:
+def export(run: Path, score: SnapshotScore, dest: Path, sampler: dict[str, object] | None = None) -> None:
     import shutil
 
     from tools.scenes.train_gan import plugin_config
+
+    config = snapshot_config(score.path)
+    if config is not None:  # a diffusion snapshot: its config (and any sampler override) plus provenance
+        from tools.scenes.train_diffusion import save_fp16
+
+        state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+        from gdx.checkpoints import load_safetensors_file
+
+        config = {**config, **(sampler or {})}
+        save_fp16(load_safetensors_file(score.path, what="diffusion snapshot"), dest, config)
+        provenance = {"train_steps": score.step, "seed": int(state["seed"]), "run_steps": int(state["step"]),
+                      "run_train_seconds": round(float(state["elapsed"]), 1)}
+        dest.with_suffix(".json").write_text(json.dumps({**config, **provenance}, indent=2) + "\n")
+        return
 
     sizes = run_sizes(run, score.path)
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -138,12 +187,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--step", type=int, default=None, help="export this snapshot instead of the best")
     p.add_argument("--export", default=None, help="write the chosen snapshot (and its .json) here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", default="", help="score only these snapshot steps (comma-separated)")
+    p.add_argument("--sampler-steps", type=int, default=0, help="diffusion runs: Euler steps (0: the run's)")
+    p.add_argument("--shift", type=float, default=0.0, help="diffusion runs: sampling time shift (0: the run's)")
     args = p.parse_args(argv)
+    sampler: dict[str, object] = {}
+    if args.sampler_steps:
+        sampler["steps"] = args.sampler_steps
+    if args.shift:
+        sampler["shift"] = args.shift
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     if not snapshots(run):
         raise SystemExit(f"no snapshot_*.safetensors in {run}: train with --snapshot-minutes N to keep them")
-    scores = score_run(run, args.samples)
+    only = [int(x) for x in args.only.split(",") if x]
+    scores = score_run(run, args.samples, sampler, only or ([args.step] if args.step is not None else None))
     for s in scores:
         flag = "pass" if s.passes else "    "
         key = " ".join(f"{c} {s.freq[c]:.4f}" for c in KEY_CONCEPTS)
@@ -156,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"no snapshot at step {args.step}; steps: {[s.step for s in scores]}")
     print(f"chosen: step {chosen.step} ({'passes' if chosen.passes else 'does not pass'} the issue's bar)")
     if args.export:
-        export(run, chosen, Path(args.export))
+        export(run, chosen, Path(args.export), sampler)
         print(f"exported {chosen.path} -> {args.export}")
 
 
