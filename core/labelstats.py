@@ -316,14 +316,16 @@ class LabelTracker:
             self.null.add(sample, unit, bucket, rows.index_select(0, other.index_select(0, sample) * hw + pos),
                           self._area[other], include, units)
 
-    def count_one_level(self, up: torch.Tensor, level: torch.Tensor, units: tuple[int, int]) -> None:
-        """Dense upsampled values ``up`` (n, span, P) against one level per unit (``level`` (U,)), compiled.
+    def count_one_level(self, src: torch.Tensor, axes: kernels.Axes | None, size: tuple[int, int],
+                        level: torch.Tensor, units: tuple[int, int]) -> None:
+        """A dense chunk against one level per unit (``level`` (U,)), compiled (see :func:`gdx.kernels.count_one_level`).
 
         The same sums as feeding every pixel above ``level`` to :meth:`__call__`, counted by
         :func:`gdx.kernels.count_one_level` without listing the pixels.
         """
         start = units[0]
-        above, x, x_null = kernels.count_one_level(up, self._lab, self._partner, level, start, self.num_labels)
+        above, x, x_null = kernels.count_one_level(src, axes, size, self._lab, self._partner, level, start,
+                                                   self.num_labels)
         a = above[..., None]
         if self._observe:
             self.observed.add_one_level_counts(a, x, self._area, units)

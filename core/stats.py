@@ -385,20 +385,25 @@ class LevelCounts:
             idx = base + (lab[:, k] + 1).clamp(min=0)
             hist.index_add_(0, idx, torch.ones_like(idx))
 
-    def _compiled(self, up: torch.Tensor, labels: torch.Tensor, start: int) -> bool:
-        """Count a dense chunk with the compiled loops (:mod:`gdx.kernels`); False: not handled here."""
-        span = up.shape[1]
+    def _compiled(self, src: torch.Tensor, axes: kernels.Axes | None, size: tuple[int, int], labels: torch.Tensor,
+                  start: int) -> bool:
+        """Count a dense chunk with the compiled loops (:mod:`gdx.kernels`); False: not handled here.
+
+        ``src`` is the chunk's layer output with ``axes`` (upsampled in the loops) or its
+        upsampled values (n, span, H, W) with ``axes`` None.
+        """
+        span = src.shape[1]
         if self._sink is None and self._count and labels.shape[1] == 1:
             if self._kernel_table is None:
                 self._kernel_table = kernels.CompiledTable(self.levels)
             if self._hist_lb is None:
                 self._hist_lb = torch.zeros(self.units, self.num_labels + 1, self.num_levels + 1, dtype=torch.int64)
             slots = (labels[:, 0].flatten(1) + 1).clamp_(min=0)  # n, H*W: histogram slot 0 = no label
-            self._kernel_table.count(up, slots, start, self._hist_lb)
+            self._kernel_table.count(src, axes, size, slots, start, self._hist_lb)
             return True
         one_level = getattr(self._sink, "count_one_level", None)
         if one_level is not None and not self._count and self.num_levels == 1:
-            one_level(up, self.levels[:, 0], (start, start + span))
+            one_level(src, axes, size, self.levels[:, 0], (start, start + span))
             return True
         return False
 
@@ -406,8 +411,12 @@ class LevelCounts:
                      size: tuple[int, int]) -> None:
         n, span = chunk.shape[:2]
         L1, C1 = self.num_levels + 1, self.num_labels + 1
+        if kernels.available(chunk):
+            axes = kernels.bilinear_axes(tuple(chunk.shape), size)
+            if axes is not None and self._compiled(chunk, axes, size, labels, start):
+                return  # upsampled inside the compiled loops
         up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False).flatten(2)  # n, span, H*W
-        if kernels.available(up) and self._compiled(up, labels, start):
+        if kernels.available(up) and self._compiled(up.view(n, span, *size), None, size, labels, start):
             return
         # #levels below each value, computed in place: idx = bucket * C1 + unit * L1 * C1 + label + 1
         idx = self._table_on(chunk.device).dense(up, start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -21,10 +23,17 @@ def _levels(units: int, count: int, gen: torch.Generator) -> torch.Tensor:
     return lv
 
 
-def _inputs(gen: torch.Generator, n: int = 3, units: int = 7, heads: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    acts = torch.randn(n, units, 5, 6, generator=gen)
+#: (layer h, w) -> (segmentation H, W): small outputs (torch's separable kernel: upsampled by
+#: F.interpolate, counted compiled), large ones with integer and non-integer ratios
+#: (upsampled inside the compiled loops where they match F.interpolate bit for bit).
+SHAPES = [((5, 6), (20, 24)), ((5, 6), (15, 18)), ((4, 4), (72, 72)), ((5, 7), (70, 90)), ((8, 8), (128, 128))]
+
+
+def _inputs(gen: torch.Generator, n: int = 3, units: int = 7, heads: int = 2, hw: tuple[int, int] = (5, 6),
+            size: tuple[int, int] = (20, 24)) -> tuple[torch.Tensor, torch.Tensor]:
+    acts = torch.randn(n, units, *hw, generator=gen)
     acts[:, :, 0, 0] = 0.25  # values equal to a level once upsampled: a corner pixel keeps its value
-    seg = torch.randint(-1, 9, (n, heads, 20, 24), generator=gen)
+    seg = torch.randint(-1, 9, (n, heads, *size), generator=gen)
     return acts, seg
 
 
@@ -38,22 +47,39 @@ def _counts(levels: torch.Tensor, acts: torch.Tensor, seg: torch.Tensor, compile
 
 @pytest.mark.parametrize("num_levels", [1, 2, 41])
 @pytest.mark.parametrize("heads", [1, 2])
-def test_all_level_counts_equal_the_torch_path(num_levels: int, heads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("shape", SHAPES)
+def test_all_level_counts_equal_the_torch_path(num_levels: int, heads: int, shape: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     gen = torch.Generator().manual_seed(num_levels)
     levels = _levels(7, max(num_levels, 4), gen)[:, :num_levels].contiguous()
     levels[1:] = levels[1:] * 0.2  # most pixels above the lowest level: the dense path
-    acts, seg = _inputs(gen, heads=heads)
-    seg_int = seg[:, :, :15, :18]  # 3x upsampling (integer scale) and 20x24 from 5x6 (4x)
-    for s in (seg, seg_int):
-        a = _counts(levels, acts, s, True, monkeypatch)
-        b = _counts(levels, acts, s, False, monkeypatch)
-        assert torch.equal(a.above, b.above) and torch.equal(a.cooc, b.cooc)
-        assert int(a.above.sum()) > 0
+    acts, seg = _inputs(gen, heads=heads, hw=shape[0], size=shape[1])
+    a = _counts(levels, acts, seg, True, monkeypatch)
+    b = _counts(levels, acts, seg, False, monkeypatch)
+    assert torch.equal(a.above, b.above) and torch.equal(a.cooc, b.cooc)
+    assert int(a.above.sum()) > 0
 
 
-def test_one_level_label_moments_equal_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_compiled_upsampling_is_used_only_where_it_equals_torch() -> None:
+    gen = torch.Generator().manual_seed(3)
+    used = []
+    for hw, size in SHAPES:
+        axes = kernels.bilinear_axes((2, 7, *hw), size)
+        used.append(axes is not None)
+        if axes is None:
+            continue
+        acts = torch.randn(2, 7, *hw, generator=gen) * 10
+        got = torch.empty(2, 7, *size)
+        kernels._compiled().upsample(acts.numpy(), axes, got.numpy())  # type: ignore[union-attr]
+        assert torch.equal(got, torch.nn.functional.interpolate(acts, size=size, mode="bilinear",
+                                                                align_corners=False)), (hw, size)
+    assert used[-1], "the usual case (8x8 -> 128x128) should be upsampled in the loops"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_one_level_label_moments_equal_the_torch_path(shape: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     gen = torch.Generator().manual_seed(5)
-    acts, seg = _inputs(gen, n=4)
+    acts, seg = _inputs(gen, n=4, hw=shape[0], size=shape[1])
     level = (torch.rand(7, 1, generator=gen) - 0.8)  # low levels: most pixels above, the dense path
     partner = torch.tensor([2, -1, 0, 1])
     out = []
@@ -82,8 +108,8 @@ def test_a_dissection_is_the_same_with_and_without_the_compiled_loops(monkeypatc
     ran = []
     compiled = LevelCounts._compiled
 
-    def spy(self: LevelCounts, up: torch.Tensor, labels: torch.Tensor, start: int) -> bool:
-        ran.append(compiled(self, up, labels, start))
+    def spy(self: LevelCounts, *args: Any) -> bool:
+        ran.append(compiled(self, *args))
         return ran[-1]
 
     monkeypatch.setattr(LevelCounts, "_compiled", spy)
