@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import gdx
+from gdx import kernels
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
 
 
@@ -119,7 +120,8 @@ def main() -> None:
                 rows[name] = t
     base = rows["forward passes only"]
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}; {args.samples} samples, batch {args.batch_size}")
+          f"torch {torch.__version__}; {args.samples} samples, batch {args.batch_size}; compiled counting loops "
+          f"(gdx.kernels): {'on' if kernels.available(torch.zeros(1)) else 'off (pip install numba, GDX_KERNELS unset)'}")
     print(f"{'':<40} {'wall s':>8} {'ratio':>6} {'cpu s':>8} {'ratio':>6}")
     for name, (wall, cpu) in rows.items():
         print(f"{name:<40} {wall:8.2f} {wall / base[0]:6.2f} {cpu:8.2f} {cpu / base[1]:6.2f}")
