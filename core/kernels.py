@@ -66,7 +66,12 @@ def _compiled() -> SimpleNamespace | None:
 
         return sig, codegen
 
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+    def jit(fn: Any) -> Any:
+        try:
+            return numba.njit(cache=True, nogil=True, boundscheck=False)(fn)
+        except RuntimeError:  # no writable cache location (read-only install, no home): compile each run
+            return numba.njit(cache=False, nogil=True, boundscheck=False)(fn)
+
     _fma32 = fma32
     _row = jit(_row_values)
     _source_rows = jit(_blend_source_rows)
