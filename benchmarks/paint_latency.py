@@ -4,11 +4,16 @@ The server is ``gdx paint``'s app under uvicorn on 127.0.0.1 in a separate proce
 client threads do not share its interpreter); each request is one stroke (a random
 rectangle, "draw" or "remove" of a random paintable concept) on a random sample, the
 whole edit path: JSON + mask decoding, one generator forward, PNG encoding. Uses the
-bundled scene GAN when its weights are present, else the synthetic toy pair.
-Target (scene GAN, CPU): p95 <= 50 ms for one client.
+bundled scene GAN when its weights are present, else the synthetic toy pair; ``--gen``
+names another registered generator (segmented by the scene segmenter for the bundled
+``scene-*`` models, else by the segmenter of the same name) and ``--layer`` the layer or
+step window to paint on (default: the generator's paint layer).
+Targets (CPU, one client): p95 <= 50 ms for the scene GAN, <= 150 ms for the 10-step
+scene-diffusion model.
 
     python benchmarks/paint_latency.py                    # 200 requests + 20 clients x 10
     python benchmarks/paint_latency.py --run runs/scene-scene --requests 500 --json out.json
+    python benchmarks/paint_latency.py --gen scene-diffusion --layer down2@0-4
 """
 
 from __future__ import annotations
@@ -30,31 +35,40 @@ from pathlib import Path
 import numpy as np
 
 
-def pick_world() -> tuple[str, str]:
+def pick_world(gen: str | None = None, layer: str | None = None) -> tuple[str, str, str]:
+    """(generator, segmenter, layer to paint on)."""
     import gdx
 
+    if gen:
+        built = gdx.load_generator(gen)
+        seg = "scene" if gen.startswith("scene") else gen
+        return gen, seg, layer or built.paint_layer or built.default_layer or built.layer_names()[0]
     try:
         gen = gdx.load_generator("scene")
         gdx.load_segmenter("scene")
-        return "scene", gen.default_layer
+        return "scene", "scene", layer or gen.default_layer
     except Exception:  # noqa: BLE001 - any failure means: no usable scene models here
-        return "toy", "features"
+        return "toy", "toy", layer or "features"
 
 
-def make_run(folder: Path, name: str, layer: str, samples: int) -> Path:
+def make_run(folder: Path, name: str, seg_name: str, layer: str, samples: int) -> Path:
+    """A run folder dissecting ``layer`` (for a step window: its last step, which ranks the units painted)."""
     import gdx
+    from gdx.paint.models import ranking_step
     from gdx.results import atomic_write_json
 
-    result = gdx.dissect(gdx.load_generator(name), gdx.load_segmenter(name), layer, samples=samples, progress=False)
+    layer = ranking_step(layer)
+    result = gdx.dissect(gdx.load_generator(name), gdx.load_segmenter(seg_name), layer, samples=samples,
+                         progress=False)
     result.save(folder / layer)
     atomic_write_json(folder / "run.json", {
-        "format": "gdx.run", "version": 1, "generator": name, "segmenter": name, "generator_options": [],
+        "format": "gdx.run", "version": 1, "generator": name, "segmenter": seg_name, "generator_options": [],
         "segmenter_options": [], "layers": [layer], "samples": samples, "seed": 0, "threshold": 0.99,
     })
     return folder
 
 
-def serve(run: str, port: int, threads: int) -> None:
+def serve(run: str, port: int, threads: int, layer: str | None = None) -> None:
     import torch
     import uvicorn
 
@@ -63,7 +77,7 @@ def serve(run: str, port: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
-    uvicorn.run(create_app(engine_from_run(run)), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(create_app(engine_from_run(run, layer)), host="127.0.0.1", port=port, log_level="warning")
 
 
 def free_port() -> int:
@@ -111,6 +125,9 @@ def stats(name: str, ms: list[float], wall: float, server: list[float]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a 'gdx run' folder (default: dissect the scene GAN, else toy, now)")
+    ap.add_argument("--gen", help="a registered generator to dissect now instead (e.g. scene-diffusion)")
+    ap.add_argument("--layer", help="layer or step window to paint on (default: the generator's paint layer; "
+                                    "with --run: the run's)")
     ap.add_argument("--requests", type=int, default=200, help="requests of the single client")
     ap.add_argument("--clients", type=int, default=20, help="concurrent clients")
     ap.add_argument("--per-client", type=int, default=10, help="requests per concurrent client")
@@ -121,7 +138,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.threads)
+        serve(args.serve, args.port, args.threads, args.layer)
         return
     import httpx
 
@@ -129,12 +146,14 @@ def main() -> None:
     if args.run:
         run, world = args.run, json.loads(Path(args.run, "run.json").read_text())["generator"]
     else:
-        world, layer = pick_world()
+        world, seg_name, layer = pick_world(args.gen, args.layer)
+        args.layer = layer
         print(f"dissecting {world}:{layer} on {args.samples} samples for the unit ranking...", file=sys.stderr)
-        run = str(make_run(Path(tmp.name), world, layer, args.samples))
+        run = str(make_run(Path(tmp.name), world, seg_name, layer, args.samples))
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", run, "--port", str(port),
-                               "--threads", str(args.threads)], env=dict(os.environ))
+                               "--threads", str(args.threads), *(["--layer", args.layer] if args.layer else [])],
+                              env=dict(os.environ))
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 120
