@@ -326,7 +326,9 @@ class DissectionRun:
     def _replay_trust(self, cache: ActivationCache, state: CountPass, names: list[str]) -> None:
         """Set the label statistics of layers ``names`` at each unit's chosen level, in one sweep of the cache."""
         labels = len(self.segmenter.labels)
-        work: dict[str, tuple[LabelTracker, LevelCounts]] = {}
+        # per layer: the tracker, a counter at the chosen levels, and the counting pass's lowest
+        # levels (they pick the upsampling path, so each pixel keeps the value it was counted with)
+        work: dict[str, tuple[LabelTracker, LevelCounts, torch.Tensor]] = {}
         for name in names:
             metric = state.metrics[name]
             scores = state.scores[name] = metric.result()
@@ -334,7 +336,8 @@ class DissectionRun:
                 continue
             level_index = scores.level_index.long()
             chosen = metric.levels[torch.arange(metric.levels.shape[0]), level_index][:, None]  # U x 1
-            work[name] = (LabelTracker(chosen.shape[0], 1, labels, at_level=level_index), LevelCounts(chosen, labels))
+            work[name] = (LabelTracker(chosen.shape[0], 1, labels, at_level=level_index), LevelCounts(chosen, labels),
+                          metric.levels[:, 0].float())
         if not work:
             return
         for _, index in self.count_batches(0, self.samples):
@@ -342,10 +345,10 @@ class DissectionRun:
             assert kept is not None
             acts, seg = kept
             partner = self._local_partners(state, index)
-            for name, (tracker, counter) in work.items():
+            for name, (tracker, counter, lowest) in work.items():
                 tracker.begin(seg, partner)
-                counter.update(acts[name], seg, sink=tracker, count=False)
-        for name, (tracker, _) in work.items():
+                counter.update(acts[name], seg, sink=tracker, count=False, path_levels=lowest)
+        for name, (tracker, _, _) in work.items():
             state.metrics[name].tracker = tracker
 
     def _replayed(self, cache: ActivationCache, index: torch.Tensor

@@ -337,11 +337,17 @@ class LevelCounts:
         return self._dev_levels[device]
 
     def update(self, acts: torch.Tensor, seg: torch.Tensor, *, sink: PixelSink | None = None,
-               count: bool = True) -> None:
+               count: bool = True, path_levels: torch.Tensor | None = None) -> None:
         """Fold in raw layer outputs ``acts`` (n x U x h x w) and labels ``seg`` (n x K x H x W).
 
         ``sink`` also receives every pixel above a unit's lowest level (per-sample
         statistics); ``count=False`` feeds only the sink and leaves the counts unchanged.
+        ``path_levels`` (U,): the lowest levels that choose the path and, on the block path,
+        the cells upsampled (default: this counter's own). The paths upsample with different
+        float arithmetic, and the block path's matrix product can round a row differently
+        when it has other rows beside it; so a second sweep over the same batch (the label
+        statistics at the chosen levels) passes the counting pass's lowest levels, and
+        every pixel gets the value its counts were made from.
         """
         n, _, h, w = acts.shape
         H, W = seg.shape[-2:]
@@ -358,10 +364,11 @@ class LevelCounts:
         if block:
             padded = F.pad(acts, (1, 1, 1, 1), mode="replicate")  # n, U, h+2, w+2
             hot = padded > levels[None, :, 0, None, None]
+            decide = hot if path_levels is None else hot | (padded > path_levels.to(acts.device)[None, :, None, None])
             # The block path wins when few cells can exceed the lowest level.
-            if bool(hot[..., 1:-1, 1:-1].float().mean() < 0.25):
+            if bool(decide[..., 1:-1, 1:-1].float().mean() < 0.25):
                 # few cells can pass: one sweep over all units keeps the op count low
-                self._count_sparse(padded, hot, labels, levels, 0, s)
+                self._count_sparse(padded, decide, labels, levels, 0, s)
                 return
         for start in range(0, self.units, self.unit_chunk):
             stop = min(start + self.unit_chunk, self.units)

@@ -161,3 +161,22 @@ def test_lookup_table_bucketize_equals_searchsorted(case):
     mixed = values.permute(1, 0, 2).reshape(U, -1)[unit, pick]
     want = expected.permute(1, 0, 2).reshape(U, -1)[unit, pick]
     assert torch.equal(LevelTable(levels).ragged(mixed, unit), want)
+
+
+def test_a_sweep_at_one_level_sees_the_values_the_counts_were_made_from() -> None:
+    """The label statistics' sweep (one level per unit) takes the counting pass's path and cells,
+    so its pixels above the chosen level are exactly the counted ones (block and dense paths)."""
+    from gdx.stats import LevelCounts
+
+    gen = torch.Generator().manual_seed(11)
+    for acts_shape, size in (((4, 24, 8, 8), (64, 64)), ((4, 24, 8, 8), (128, 128)), ((4, 24, 5, 7), (70, 90))):
+        acts = torch.randn(*acts_shape, generator=gen)
+        seg = torch.randint(0, 5, (acts_shape[0], 1, *size), generator=gen)
+        levels = torch.quantile(acts.transpose(0, 1).flatten(1), torch.linspace(0.5, 0.995, 41), dim=1).t()
+        counts = LevelCounts(levels.contiguous(), 5)
+        counts.update(acts, seg)
+        for j in (0, 20, 40):
+            one = LevelCounts(levels[:, j : j + 1].contiguous(), 5)
+            one.update(acts, seg, path_levels=levels[:, 0])
+            assert torch.equal(one.above[:, 0], counts.above[:, j]), (acts_shape, size, j)
+            assert torch.equal(one.cooc[:, 0], counts.cooc[:, j]), (acts_shape, size, j)
