@@ -38,8 +38,9 @@ def test_registered_with_blocks_at_every_step(gen):
     names = gen.layer_names()
     for block in BLOCKS:
         assert f"{block}@0" in names and f"{block}@{steps - 1}" in names
-    assert gen.default_layer in names and gen.paint_layer in names
-    assert gen.default_layer.startswith("mid@")
+    assert gen.default_layer == f"mid@{steps // 2 - 1}" and gen.default_layer in names
+    assert gen.paint_layer == f"up1@0-{steps // 2 - 1}"  # a step window (docs/diffusion.md)
+    assert gdx.LayerAddress.parse(gen.paint_layer).is_window
 
 
 def test_latents_are_seeded_noise_and_images_in_range(gen):
@@ -76,7 +77,7 @@ def test_each_block_runs_once_per_step_with_feature_maps(gen):
 
 def test_steps_option_and_sampling_grid():
     fast = gdx.load_generator("scene-diffusion", steps=4)
-    assert fast.steps_per_image == 4 and fast.default_layer == "mid@1"
+    assert fast.steps_per_image == 4 and fast.default_layer == "mid@1" and fast.paint_layer == "up1@0-1"
     assert sampling_times(4) == [1.0, 0.75, 0.5, 0.25, 0.0]
     shifted = sampling_times(4, shift=3.0)
     assert shifted[0] == 1.0 and shifted[-1] == 0.0 and shifted[2] == pytest.approx(0.75)

@@ -28,8 +28,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_NAME = "scene_diffusion.safetensors"
 
 
-def _layer_at_middle(block: str, steps: int) -> str:
-    return f"{block}@{steps // 2 - 1 if steps > 1 else 0}"
+def _middle_step(steps: int) -> int:
+    return steps // 2 - 1 if steps > 1 else 0
 
 
 def build_scene_diffusion(weights: str = "", steps: int = 0) -> gdx.Generator:
@@ -72,6 +72,11 @@ def build_scene_diffusion(weights: str = "", steps: int = 0) -> gdx.Generator:
         module.steps = int(steps)
     gen = gdx.wrap_generator(module.eval(), latent_shape=latent_shape, name="scene-diffusion")
     gen.steps_per_image = module.steps
-    gen.default_layer = _layer_at_middle("mid", module.steps)
-    gen.paint_layer = _layer_at_middle("up2", module.steps)
+    # Dissect the 8x8 middle block at the middle step; paint at the 32x32 decoder block over
+    # the first half of the steps (units ranked at the window's last step): edits there draw
+    # trees inside the brush, while single-step edits or the 8x8/16x16 blocks are undone by
+    # the later steps (docs/diffusion.md, "The bundled scene-diffusion model").
+    middle = _middle_step(module.steps)
+    gen.default_layer = f"mid@{middle}"
+    gen.paint_layer = f"up1@0-{middle}" if middle > 0 else f"up1@{middle}"
     return gen

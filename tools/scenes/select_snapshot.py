@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -112,7 +113,7 @@ def run_sizes(run: Path, path: Path) -> list[int]:
 
 
 def score_run(run: Path, samples: int, sampler: dict[str, object] | None = None,
-              steps: list[int] | None = None) -> list[SnapshotScore]:
+              steps: list[int] | None = None, log: Callable[[SnapshotScore], None] | None = None) -> list[SnapshotScore]:
     import gdx
 
     seg = gdx.load_segmenter("scene")
@@ -135,6 +136,8 @@ def score_run(run: Path, samples: int, sampler: dict[str, object] | None = None,
                 freq=freq,
             )
         )
+        if log:
+            log(scores[-1])
     return scores
 
 
@@ -201,12 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     if not snapshots(run):
         raise SystemExit(f"no snapshot_*.safetensors in {run}: train with --snapshot-minutes N to keep them")
     only = [int(x) for x in args.only.split(",") if x]
-    scores = score_run(run, args.samples, sampler, only or ([args.step] if args.step is not None else None))
-    for s in scores:
+
+    def show(s: SnapshotScore) -> None:
         flag = "pass" if s.passes else "    "
         key = " ".join(f"{c} {s.freq[c]:.4f}" for c in KEY_CONCEPTS)
         print(f"step {s.step:6d}  TV {s.tv:.4f}  concepts {s.concepts:2d}  {key}  margin {margin(s):.2f}  {flag}",
               flush=True)
+
+    scores = score_run(run, args.samples, sampler, only or ([args.step] if args.step is not None else None), log=show)
     chosen = best(scores)
     if args.step is not None:
         chosen = next((s for s in scores if s.step == args.step), None)
