@@ -40,9 +40,9 @@ from gdx.sampling import label_fractions, latent_batches, segment_images
 BLOCKS = "down1,down2,mid,up2,up1"
 STEPS = "0,2,4,6,8"
 WINDOWS = "0-2,3-5,6-9,0-4,0-9"
-CONCEPTS = "tree,water,brick,road,cloud"
+CONCEPTS = "tree,water,brick,road"
 #: GANPaint settings tried in part 3: dissected step : edited window
-PAINT = "up2@4:up2@4,up2@4:up2@0-4,mid@4:mid@0-4,down2@4:down2@0-4,down2@4:down2@5-9,down2@4:down2@0-9"
+PAINT = "up2@4:up2@0-4,mid@4:mid@0-4,down2@4:down2@0-4,up1@4:up1@4,up1@4:up1@0-4,up1@4:up1@5-9,up1@4:up1@0-9"
 
 
 def removed_fraction(before: torch.Tensor, after: torch.Tensor, index: int) -> float:
@@ -118,7 +118,8 @@ def ablation(gen: gdx.Generator, seg: gdx.Segmenter, ranking: gdx.Dissection, bl
         row["random"] = {c: [removed_fraction(before, a, labels.index(c)) for a in draws] for c in concepts}
         out["windows"][window] = row  # type: ignore[index]
         print(f"  {layer}: " + ", ".join(f"{c} {row[c]:.2f}" for c in concepts)
-              + " | random " + ", ".join(f"{c} {sum(v) / len(v):+.2f}" for c, v in row["random"].items()),  # type: ignore[union-attr]
+              + " | random " + ", ".join(f"{c} {sum(v) / len(v):+.2f}"
+                                         for c, v in row["random"].items()),  # type: ignore[union-attr]
               flush=True)
     return out, images, edited
 
@@ -157,13 +158,15 @@ def _segment_one(seg: gdx.Segmenter, rgb: np.ndarray) -> torch.Tensor:
     return out if out.dim() == 2 else out[0]
 
 
-def _grass_window(seg_map: torch.Tensor, tree: int, grass: int, size: int, margin: int) -> tuple[float, int, int] | None:
+def _grass_window(seg_map: torch.Tensor, tree: int, grass: int, size: int,
+                  margin: int) -> tuple[float, int, int] | None:
     """(grass share, y, x) of the size x size window with the most grass and no tree in it or its margin."""
     h, w = seg_map.shape
     best = None
     for y in range(margin, h - size - margin + 1, 2):
         for x in range(margin, w - size - margin + 1, 2):
-            if float((seg_map[y - margin : y + size + margin, x - margin : x + size + margin] == tree).float().mean()) > 0.02:
+            around = seg_map[y - margin : y + size + margin, x - margin : x + size + margin]
+            if float((around == tree).float().mean()) > 0.02:
                 continue
             score = float((seg_map[y : y + size, x : x + size] == grass).float().mean())
             if best is None or score > best[0]:
@@ -207,6 +210,7 @@ def paint_trees(gen: gdx.Generator, seg: gdx.Segmenter, configs: list[str], *, s
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--weights", default="", help="another scene-diffusion export (default: the shipped weights)")
     p.add_argument("--blocks", default=BLOCKS)
     p.add_argument("--steps", default=STEPS, help="steps dissected in part 1")
     p.add_argument("--samples", type=int, default=300, help="samples of seed 0 per dissected cell")
@@ -219,48 +223,53 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--control-draws", type=int, default=3)
     p.add_argument("--grid-rows", type=int, default=2, help="grid rows per concept")
     p.add_argument("--paint", default=PAINT, help="GANPaint settings of part 3 ('' skips it)")
-    p.add_argument("--paint-samples", type=int, default=16, help="samples 0.. tried for a tree stroke")
+    p.add_argument("--paint-samples", type=int, default=12, help="samples 0.. tried for a tree stroke")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-table", action="store_true", help="only part 2")
+    p.add_argument("--parts", default="table,ablation,paint",
+                   help="which parts to run (e.g. 'table' in one process and 'ablation,paint' in another)")
     p.add_argument("--out", default="docs/results/diffusion_findings.json")
     p.add_argument("--grid", default="docs/diffusion_ablation.png")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    gen, seg = gdx.load_generator("scene-diffusion"), gdx.load_segmenter("scene")
+    gen, seg = gdx.load_generator("scene-diffusion", weights=args.weights), gdx.load_segmenter("scene")
     blocks, steps = args.blocks.split(","), [int(k) for k in args.steps.split(",")]
     windows, concepts = args.windows.split(","), args.concepts.split(",")
-    weights = json.loads((Path(gdx.plugins.generators.__file__).parent / "weights" / "scene_diffusion.json")
-                         .read_text())
-    result: dict[str, object] = {"command": " ".join(["python -m tools.scenes.diffusion_findings", *(argv or sys.argv[1:])]),
-                                 "args": vars(args), "weights": {k: weights.get(k) for k in ("train_steps", "run_steps")}}
+    shipped = Path(gdx.plugins.generators.__file__).parent / "weights" / "scene_diffusion.safetensors"
+    weights_file = Path(args.weights) if args.weights else shipped
+    weights = json.loads(weights_file.with_suffix(".json").read_text())
+    command = " ".join(["python -m tools.scenes.diffusion_findings", *(argv or sys.argv[1:])])
+    result: dict[str, object] = {"command": command, "args": vars(args),
+                                 "weights": {k: weights.get(k) for k in ("train_steps", "run_steps")}}
     started = time.time()
     dissections: dict[str, gdx.Dissection] = {}
-    if not args.skip_table:
+    parts = set(args.parts.split(","))
+    if "table" in parts:
         dissections = blocks_by_steps(gen, seg, blocks, steps, args.samples, args.batch_size)
         cells = {name: {**cell_summary(d), "units": d.units} for name, d in dissections.items()}
         result["cells"], result["table"] = cells, markdown_table(cells, blocks, steps)
         result["table_seconds"] = round(time.time() - started, 1)
         print(result["table"], flush=True)
-    t = time.time()
-    ranked_at = f"{args.ablate_block}@{args.rank_step}"
-    if ranked_at not in dissections:
-        dissections[ranked_at] = gdx.dissect(gen, seg, ranked_at, samples=args.samples, seed=0,
-                                             batch_size=args.batch_size, progress=False)
-    abl, images, edited = ablation(gen, seg, dissections[ranked_at], args.ablate_block, args.rank_step, windows,
-                                   concepts, top=args.top, eval_samples=args.eval_samples,
-                                   control_draws=args.control_draws, batch_size=args.batch_size)
-    result["ablation"], result["ablation_seconds"] = abl, round(time.time() - t, 1)
-    if args.paint:
+    if "ablation" in parts:
+        t = time.time()
+        ranked_at = f"{args.ablate_block}@{args.rank_step}"
+        if ranked_at not in dissections:
+            dissections[ranked_at] = gdx.dissect(gen, seg, ranked_at, samples=args.samples, seed=0,
+                                                 batch_size=args.batch_size, progress=False)
+        abl, images, edited = ablation(gen, seg, dissections[ranked_at], args.ablate_block, args.rank_step,
+                                       windows, concepts, top=args.top, eval_samples=args.eval_samples,
+                                       control_draws=args.control_draws, batch_size=args.batch_size)
+        result["ablation"], result["ablation_seconds"] = abl, round(time.time() - t, 1)
+        save_grid(Path(args.grid), seg, concepts[:3], windows, images, edited, args.grid_rows)
+    if "paint" in parts and args.paint:
         t = time.time()
         result["paint"] = paint_trees(gen, seg, args.paint.split(","), samples=args.samples,
                                       paint_samples=args.paint_samples, dissections=dissections)
         result["paint_seconds"] = round(time.time() - t, 1)
-    save_grid(Path(args.grid), seg, concepts[:3], windows, images, edited, args.grid_rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"done in {time.time() - started:.0f} s -> {out}, {args.grid}")
+    print(f"done in {time.time() - started:.0f} s -> {out}" + (f", {args.grid}" if "ablation" in parts else ""))
 
 
 if __name__ == "__main__":
