@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gdx.buckets import LevelTable
+
 
 def available(t: torch.Tensor) -> bool:
     """Whether the compiled loops can count ``t`` (a CPU tensor, numba installed, not turned off)."""
@@ -75,7 +77,7 @@ def _compiled() -> SimpleNamespace | None:
     _fma32 = fma32
     _row = jit(_row_values)
     _source_rows = jit(_blend_source_rows)
-    return SimpleNamespace(bucket_table=jit(_bucket_table), count_all_levels=jit(_count_all_levels),
+    return SimpleNamespace(count_all_levels=jit(_count_all_levels),
                            count_one_level=jit(_count_one_level), upsample=jit(_upsample))
 
 
@@ -112,25 +114,6 @@ def _upsample(src: Any, axes: Any, out: Any) -> None:  # pragma: no cover - comp
             _source_rows(src, i, u, axes, hbuf)
             for y in range(H):
                 out[i, u, y, :] = _row(src, i, u, y, axes, hbuf, out[i, u, y])
-
-
-def _bucket_table(levels: Any, cells: int) -> tuple[Any, Any, Any]:  # pragma: no cover - compiled
-    """Per unit: lo, scale and ``before[u, g]`` = #levels in cells < g (cells 0..cells, one past)."""
-    U, L = levels.shape
-    lo = np.empty(U, np.float32)
-    scale = np.empty(U, np.float32)
-    before = np.zeros((U, cells + 2), np.int32)
-    for u in range(U):
-        lo[u] = levels[u, 0]
-        hi = levels[u, L - 1]
-        scale[u] = np.float32(cells - 1) / (hi - lo[u]) if hi > lo[u] else np.float32(0.0)
-        for j in range(L):
-            c = (levels[u, j] - lo[u]) * scale[u]
-            g = 0 if not c > 0 else (cells if c >= cells else int(c))
-            before[u, g + 1] += 1
-        for g in range(1, cells + 2):
-            before[u, g] += before[u, g - 1]
-    return lo, scale, before
 
 
 def _count_all_levels(src: Any, axes: Any, H: int, W: int, slots: Any, start: int, levels: Any, lo: Any, scale: Any,
@@ -253,15 +236,21 @@ def bilinear_axes(shape: tuple[int, ...], size: tuple[int, int]) -> Axes | None:
 
 
 class CompiledTable:
-    """The per-unit bucket table of ``levels`` (U, L) for the compiled loops (built once)."""
+    """A :class:`gdx.buckets.LevelTable`'s arrays as the compiled loops read them.
 
-    def __init__(self, levels: torch.Tensor) -> None:
-        self.levels = levels.detach().float().contiguous().numpy()
-        self.cells = int(min(16384, max(1024, 64 * self.levels.shape[1])))
+    The loops use the table only for a first guess and correct it by a local search, so
+    torch's table serves as it is (no second table to keep in step).
+    """
+
+    def __init__(self, table: LevelTable) -> None:
+        self.levels = table.levels.detach().float().cpu().contiguous().numpy()
+        self.cells = table.cells
+        self.lo = table.lo.float().cpu().contiguous().numpy()
+        self.scale = table.scale.float().cpu().contiguous().numpy()
+        self.before = table.before.cpu().view(-1, table.stride).contiguous().numpy()
         jit = _compiled()
         assert jit is not None, "check gdx.kernels.available() first"
         self._jit = jit
-        self.lo, self.scale, self.before = jit.bucket_table(self.levels, self.cells)
 
     def count(self, src: torch.Tensor, axes: Axes | None, size: tuple[int, int], slots: torch.Tensor, start: int,
               hist: torch.Tensor) -> None:

@@ -402,7 +402,7 @@ class LevelCounts:
         span = src.shape[1]
         if self._sink is None and self._count and labels.shape[1] == 1:
             if self._kernel_table is None:
-                self._kernel_table = kernels.CompiledTable(self.levels)
+                self._kernel_table = kernels.CompiledTable(self._table_on(src.device))
             if self._hist_lb is None:
                 self._hist_lb = torch.zeros(self.units, self.num_labels + 1, self.num_levels + 1, dtype=torch.int64)
             slots = (labels[:, 0].flatten(1) + 1).clamp_(min=0)  # n, H*W: histogram slot 0 = no label
