@@ -13,16 +13,15 @@ latent shape. The GAN is a gandissect ProGAN module tree (``layer1`` ... ``layer
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 import gdx
-from gdx.checkpoints import existing_file, load_safetensors_file
-from gdx.errors import CheckpointError
 from gdx.plugins.generators.progan_arch import ProgressiveGenerator
 from gdx.plugins.generators.scene_diffusion import build_scene_diffusion
+from gdx.plugins.generators.scene_weights import load_export
 from gdx.hookspecs import Register
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -37,40 +36,18 @@ DEFAULT_LAYERS = {"scene": "layer5", "scene-vae": "layer4"}
 PAINT_LAYERS = {"scene": "layer6"}
 
 
+def _build(config: dict[str, Any]) -> nn.Module:
+    if config.get("arch") == "scene-vae-decoder":
+        from gdx.plugins.scene_arch import SceneVAEDecoder
+
+        return SceneVAEDecoder(int(config["z_dim"]))
+    return ProgressiveGenerator(sizes=[int(s) for s in config["sizes"]])
+
+
 def _load(weights: str, default_name: str, name: str) -> gdx.Generator:
     path = Path(weights) if weights else WEIGHTS_DIR / default_name
-    what = f"{name} generator weights"
-    path = existing_file(path, what=what)
-    config_path = path.with_suffix(".json")
-    if not config_path.exists():
-        raise CheckpointError(
-            f"{what}: {config_path} (the config beside the weights) is missing; export the model "
-            f"again with the training script's --export, which writes both files."
-        )
-    try:
-        config = json.loads(config_path.read_bytes())
-        module: nn.Module
-        if config.get("arch") == "scene-vae-decoder":
-            from gdx.plugins.scene_arch import SceneVAEDecoder
-
-            module = SceneVAEDecoder(int(config["z_dim"]))
-        else:
-            module = ProgressiveGenerator(sizes=[int(s) for s in config["sizes"]])
-        state = {k: v.float() for k, v in load_safetensors_file(path, what=what).items()}
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        latent_shape = tuple(int(x) for x in config["latent_shape"])
-    except gdx.GdxError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, RecursionError) as exc:
-        raise CheckpointError(
-            f"{what}: {path} and its config {config_path} do not make a model ({type(exc).__name__}: "
-            f"{str(exc)[:160]}); the config may be damaged: export both files again with the training script's --export."
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{what}: {path} does not match the architecture in {config_path} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); re-export both files together."
-        )
+    module, _, latent_shape = load_export(path, f"{name} generator weights", _build,
+                                          "the training script's --export")
     gen = gdx.wrap_generator(module.eval(), latent_shape=latent_shape, name=name)
     gen.default_layer = DEFAULT_LAYERS[name]
     gen.paint_layer = PAINT_LAYERS.get(name)

@@ -16,13 +16,12 @@ Latents are the initial noise, N x 3 x 64 x 64, seeded like every scene generato
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import cast
 
 import gdx
-from gdx.checkpoints import existing_file, load_safetensors_file
-from gdx.errors import CheckpointError
 from gdx.plugins.generators.scene_diffusion_arch import SceneFlowUNet, build_from_config
+from gdx.plugins.generators.scene_weights import load_export
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_NAME = "scene_diffusion.safetensors"
@@ -40,32 +39,9 @@ def build_scene_diffusion(weights: str = "", steps: int = 0) -> gdx.Generator:
         steps: Euler steps per image (0: the config's, 10); fewer is faster and blurrier
     """
     path = Path(weights) if weights else WEIGHTS_DIR / WEIGHTS_NAME
-    what = "scene-diffusion generator weights"
-    path = existing_file(path, what=what)
-    config_path = path.with_suffix(".json")
-    if not config_path.exists():
-        raise CheckpointError(
-            f"{what}: {config_path} (the config beside the weights) is missing; export the model "
-            f"again with tools.scenes.train_diffusion --export, which writes both files."
-        )
-    try:
-        config = json.loads(config_path.read_bytes())
-        module: SceneFlowUNet = build_from_config(config)
-        state = {k: v.float() for k, v in load_safetensors_file(path, what=what).items()}
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        latent_shape = tuple(int(x) for x in config["latent_shape"])
-    except gdx.GdxError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError, RecursionError) as exc:
-        raise CheckpointError(
-            f"{what}: {path} and its config {config_path} do not make a model ({type(exc).__name__}: "
-            f"{str(exc)[:160]}); export both files again with tools.scenes.train_diffusion --export."
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{what}: {path} does not match the architecture in {config_path} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); re-export both files together."
-        )
+    loaded, _, latent_shape = load_export(path, "scene-diffusion generator weights", build_from_config,
+                                          "tools.scenes.train_diffusion --export")
+    module = cast(SceneFlowUNet, loaded)
     if steps < 0:
         raise gdx.AdapterOptionError(f"scene-diffusion: steps must be >= 1 (0 for the default), got {steps}")
     if steps:
