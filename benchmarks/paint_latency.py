@@ -74,10 +74,13 @@ def serve(run: str, port: int, threads: int, layer: str | None = None) -> None:
 
     from gdx.paint import engine_from_run
     from gdx.paint.server import create_app
+    from gdx.paint.worker import ModelThread
 
+    threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.set_grad_enabled(False)
-    uvicorn.run(create_app(engine_from_run(run, layer)), host="127.0.0.1", port=port, log_level="warning")
+    model_thread = ModelThread(threads)  # as gdx paint: the engine and its edits on one thread
+    engine = model_thread.call(engine_from_run, run, layer)
+    uvicorn.run(create_app(engine, model_thread=model_thread), host="127.0.0.1", port=port, log_level="warning")
 
 
 def free_port() -> int:
@@ -131,7 +134,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="requests of the single client")
     ap.add_argument("--clients", type=int, default=20, help="concurrent clients")
     ap.add_argument("--per-client", type=int, default=10, help="requests per concurrent client")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads in the server (0: torch's default, what gdx paint uses)")
     ap.add_argument("--samples", type=int, default=200, help="samples of the startup dissection without --run")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -188,7 +192,7 @@ def main() -> None:
         tmp.cleanup()
     h, w = info["image_size"]
     print(f"\ngdx paint edit round trip over HTTP: generator {info['generator']} ({w}x{h}), layer {info['layer']} "
-          f"({info['units']} units), {info['default_units']} units per stroke, torch threads {args.threads}, "
+          f"({info['units']} units), {info['default_units']} units per stroke, torch threads {args.threads or 'default'}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print("round trip = client sends the stroke .. client has the PNG; server = edit handler only "
           "(mask decoding, forward, PNG)")

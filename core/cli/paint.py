@@ -48,24 +48,33 @@ def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts:
     import torch
 
     from gdx.cli.options import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, adapter_spec, first_registered
+    from gdx.paint.engine import PaintEngine
     from gdx.paint.models import engine_from_run, quick_dissection
 
-    # A context, not torch.set_grad_enabled(False): the command also runs in-process
-    # (click's CliRunner, tools embedding gdx), where a global switch would leak. The
-    # engine's edits run under their own no_grad.
-    with torch.no_grad():
-        folder: str | Path
-        if run_dir is None:
-            gen = gen or first_registered("generator", DEFAULT_GENERATORS)
-            seg = seg or first_registered("segmenter", DEFAULT_SEGMENTERS)
-            folder = quick_dissection(adapter_spec("generator", gen, tuple(gen_opts)),
-                                       adapter_spec("segmenter", seg, tuple(seg_opts)), layer, samples=samples,
-                                       log=lambda m: click.echo(f"no --run given: {m}", err=True))
-        else:
-            folder = run_dir
-            if gen:
-                click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
-        engine = engine_from_run(folder, layer, iou_min=iou_min)
+    from gdx.paint.worker import ModelThread
+
+    def build() -> PaintEngine:
+        # A context, not torch.set_grad_enabled(False): the command also runs in-process
+        # (click's CliRunner, tools embedding gdx), where a global switch would leak. The
+        # engine's edits run under their own no_grad.
+        with torch.no_grad():
+            folder: str | Path
+            if run_dir is None:
+                gen_name = gen or first_registered("generator", DEFAULT_GENERATORS)
+                seg_name = seg or first_registered("segmenter", DEFAULT_SEGMENTERS)
+                folder = quick_dissection(adapter_spec("generator", gen_name, tuple(gen_opts)),
+                                           adapter_spec("segmenter", seg_name, tuple(seg_opts)), layer,
+                                           samples=samples, log=lambda m: click.echo(f"no --run given: {m}", err=True))
+            else:
+                folder = run_dir
+                if gen:
+                    click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
+            return engine_from_run(folder, layer, iou_min=iou_min)
+
+    # The startup dissection, the engine and every later edit run on one thread: torch on
+    # several threads of one process is about twice as slow on a small CPU (gdx.paint.worker).
+    model_thread = ModelThread()
+    engine = model_thread.call(build)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.secho(f"WARNING: listening on {host}: anyone who can reach this machine can use the model "
                     "(there is no authentication).", fg="red", err=True)
@@ -81,9 +90,9 @@ def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts:
     if image is not None:
         from gdx.photos import read_image
 
-        photos.append(read_image(Path(image).read_bytes(), size=engine.image_size))
+        photos.append(model_thread.call(read_image, Path(image).read_bytes(), size=engine.image_size))
         click.echo(f"inverting {image} into {engine.generator.name} (a few seconds)", err=True)
-    app = create_app(engine, hosts=allowed_hosts(host), photos=photos)
+    app = create_app(engine, hosts=allowed_hosts(host), photos=photos, model_thread=model_thread)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

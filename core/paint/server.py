@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gdx.errors import PaintError, PhotoError
 from gdx.paint.engine import MAX_UNITS, PaintEngine, Stroke
+from gdx.paint.worker import ModelThread
 from gdx.photos import FORMATS, read_image, sniff_format
 
 MAX_SAMPLE = 2**31 - 1
@@ -222,7 +223,7 @@ def allowed_hosts(host: str | None = None) -> list[str]:
 
 def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: str = "gdx paint",
                hosts: list[str] | None = None, photos: Sequence[torch.Tensor] = (),
-               invert_options: dict[str, Any] | None = None) -> FastAPI:
+               invert_options: dict[str, Any] | None = None, model_thread: ModelThread | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (run it with uvicorn; see ``gdx paint``).
 
     ``photos`` (each 1 x 3 x H x W in [-1, 1] at the generator's size) are inverted now and
@@ -231,6 +232,10 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
     Only requests whose Host header names one of ``hosts`` (default: the loopback names,
     :func:`allowed_hosts`) are answered (others get 400), against DNS rebinding. The
     interactive API docs are off (they load from a CDN); ``/openapi.json`` describes the API.
+
+    Every torch call (edits, renders, inversions) runs on ``model_thread`` (default: a new
+    one); pass the one that built ``engine`` so the process keeps a single OpenMP team
+    (:mod:`gdx.paint.worker` says why that halves an edit's time on a small CPU).
     """
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -239,6 +244,8 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
     app.add_middleware(BodyLimit, max_bytes=max_body)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts if hosts is not None else allowed_hosts())
     app.state.engine = engine  # what the app serves (tests and embedding tools read it)
+    worker = model_thread or ModelThread()
+    app.state.model_thread = worker
     generator_name = getattr(engine.generator, "name", type(engine.generator).__name__)
     opened: OrderedDict[str, PaintEngine] = OrderedDict()
     opened_lock = threading.Lock()
@@ -270,7 +277,7 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
 
     start_photo = None
     for x in photos:
-        start_photo = start_photo or open_photo(x)[0]
+        start_photo = start_photo or worker.call(open_photo, x)[0]
     app.state.photos = opened  # what the app serves (tests read it)
 
     @lru_cache(maxsize=256)
@@ -312,13 +319,15 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
 
     @app.get("/api/sample/{sample}.png", summary="An unedited sample as PNG",
              responses={200: {"content": {"image/png": {}}}})
-    def sample(sample: Annotated[int, PathParam(ge=0, le=MAX_SAMPLE)]) -> Response:
-        return Response(sample_png(sample), media_type="image/png",
+    async def sample(sample: Annotated[int, PathParam(ge=0, le=MAX_SAMPLE)]) -> Response:
+        return Response(await worker.run(sample_png, sample), media_type="image/png",
                         headers={"Cache-Control": "public, max-age=3600"})
 
     @app.post("/api/edit", response_model=EditOut, summary="Apply strokes to a sample (one generator forward)")
-    def edit(request: EditIn) -> EditOut:
-        started = time.perf_counter()
+    async def edit(request: EditIn) -> EditOut:
+        return await worker.run(edit_now, request, time.perf_counter())
+
+    def edit_now(request: EditIn, started: float) -> EditOut:
         strokes = [Stroke(s.concept, s.mode, decode_mask(s.mask)) for s in request.strokes]
         for s in strokes:
             if s.concept not in engine.concepts:
@@ -348,19 +357,18 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
         if found != declared:
             raise HTTPException(415, f"the body is {'a ' + found + ' file' if found else 'not a PNG or JPEG file'} but "
                                      f"Content-Type says {declared}: send a PNG or JPEG with its own type")
-        from starlette.concurrency import run_in_threadpool
-
         try:
-            x = await run_in_threadpool(read_image, data, size=engine.image_size)
+            x = await worker.run(read_image, data, size=engine.image_size)
         except PhotoError as exc:
             raise HTTPException(422, str(exc)) from None
-        key, painted, psnr = await run_in_threadpool(open_photo, x)
-        png = encode_png(painted.render(0))
+        key, painted, psnr = await worker.run(open_photo, x)
+        png = encode_png(await worker.run(painted.render, 0))
         return PhotoOut(photo=key, image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
                         psnr=round(psnr, 2), milliseconds=round((time.perf_counter() - started) * 1000, 2))
 
     @app.get("/api/photo/{key}.png", summary="An opened photo, unedited", responses={200: {"content": {"image/png": {}}}})
-    def photo_png(key: Annotated[str, PathParam(pattern=PHOTO_ID)]) -> Response:
-        return Response(encode_png(photo_engine(key).render(0)), media_type="image/png")
+    async def photo_png(key: Annotated[str, PathParam(pattern=PHOTO_ID)]) -> Response:
+        painted = photo_engine(key)
+        return Response(encode_png(await worker.run(painted.render, 0)), media_type="image/png")
 
     return app
