@@ -338,3 +338,35 @@ def test_a_run_with_the_generators_paint_layer_paints_there_by_default(tmp_path)
     assert gdx.load_generator("scene").paint_layer == "layer6"
     assert engine_from_run(run, quantile_samples=20).layer == "layer6"
     assert engine_from_run(run, "layer5", quantile_samples=20).layer == "layer5"
+
+
+def test_every_model_call_of_the_server_runs_on_its_one_model_thread(toy_run):
+    """Edits, samples and the engine's forward passes run on the app's ModelThread, never on a
+    thread-pool worker (two threads running torch halve an edit's speed on a small CPU)."""
+    import threading
+
+    from gdx.paint.worker import ModelThread
+
+    model_thread = ModelThread(threads=1)
+    built_on = model_thread.call(lambda: threading.current_thread().name)
+    eng = model_thread.call(engine_from_run, toy_run)
+    seen: list[str] = []
+    render = eng.render
+
+    def recording_render(*args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return render(*args, **kwargs)
+
+    eng.render = recording_render  # type: ignore[method-assign]
+    mask = np.zeros((32, 32), bool)
+    mask[4:14, 6:20] = True
+    body = {"sample": 3, "units": 2, "strokes": [{"concept": "tree", "mode": "draw", "mask": packed(mask)}]}
+    with TestClient(create_app(eng, model_thread=model_thread), base_url="http://127.0.0.1") as c:
+        with ThreadPoolExecutor(4) as pool:  # concurrent clients: still one thread, calls in turn
+            replies = list(pool.map(lambda _: c.post("/api/edit", json=body), range(4)))
+        assert c.get("/api/sample/9.png").status_code == 200
+        threads_in_model = model_thread.call(torch.get_num_threads)
+    assert all(r.status_code == 200 for r in replies)
+    assert len({r.json()["image"] for r in replies}) == 1
+    assert len(seen) == 5 and set(seen) == {built_on}, seen
+    assert threads_in_model == 1

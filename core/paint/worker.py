@@ -7,7 +7,7 @@ teams on the same cores; libgomp then has more threads than cores and hands over
 through sleeps instead of spins. Measured on the 2-core CI-sized machine with the bundled
 10-step scene-diffusion model, 2 torch threads: one sample takes 95 ms when every call runs
 on one thread and 186-192 ms once a second thread has run torch, on either thread
-(``benchmarks/paint_latency.py``, docs/paint.md "Speed"). So the engine is built, and every
+(``benchmarks/paint_latency.py``, docs/paint.md "Latency"). So the engine is built, and every
 edit, render and inversion runs, on one :class:`ModelThread`.
 """
 
