@@ -66,6 +66,7 @@ from gdx.causal import (
     rank_by_iou,
     removal_table,
     segment_probs,
+    select_units,
 )
 from gdx.ablation import UnitAblation
 from gdx.repair import ArtifactRepair, ScoreSpread, UnitEvidence, find_artifact_units, score_spread, unit_evidence
@@ -163,6 +164,7 @@ __all__ = [
     "rank_by_ace",
     "rank_by_iou",
     "removal_table",
+    "select_units",
     "resolve_layers",
     "score_spread",
     "seeded_normal",

@@ -182,3 +182,29 @@ def test_ranking_ties_broken_by_tiebreak_then_index(tmp_path):
     assert UnitRanking("l", "c", "iou", torch.tensor([0.2, 0.2, 0.3])).order == [2, 0, 1]
     back = UnitRanking.load(r.save(tmp_path / "r.json"))
     assert back.order == r.order
+
+
+def test_greedy_selection_finds_the_causal_set_and_scores_each_round_like_intervene(street):
+    """select_units: three rounds over all 12 units find the three tree units (together they
+    remove it); round 1's score is the best single unit's, measured again with gdx.intervene
+    on the same focus samples (each row of a batched round has its own unit mask)."""
+    from gdx.causal import select_units
+
+    gen, seg = street
+    ranking = select_units(gen, seg, "features", "tree", list(range(12)), n=3, pool=40, focus=8, seed=0, rows=24)
+    assert ranking.method == "greedy" and set(ranking.top(3)) == set(TREE_UNITS)
+    assert ranking.history[-1] > 0.9 and len(ranking.history) == 3
+    z = gen.sample_latents(40, seed=0)
+    with torch.no_grad():
+        tree = concept_mask(segment_images(seg, gen.generate(z)), 0).flatten(1).sum(1).float()
+        focus = z[torch.argsort(tree, descending=True, stable=True)[:8]]
+        base = float(tree.sort(descending=True).values[:8].sum())
+        single = []
+        for u in range(12):
+            with intervene(gen, "features", [u]):
+                left = concept_mask(segment_images(seg, gen.generate(focus)), 0).sum()
+            single.append(1 - float(left) / base)
+    assert ranking.history[0] == pytest.approx(max(single), abs=1e-6)
+    assert ranking.top(1) == [single.index(max(single))]
+    with pytest.raises(gdx.InterventionError, match="at least n=3 distinct"):
+        select_units(gen, seg, "features", "tree", [0, 1], n=3)

@@ -21,6 +21,8 @@ Modules:
 * :mod:`~gdx.causal.ranking`: :func:`rank_by_iou`, :func:`rank_by_ace`, :func:`random_units`.
 * :mod:`~gdx.causal.alpha`: the learned soft unit mask, :func:`optimize_units`, and
   :func:`segment_probs` (the differentiable segmentation it needs).
+* :mod:`~gdx.causal.greedy`: the hard version of α, :func:`select_units` (greedy forward
+  selection of a unit set under real ablation).
 * :mod:`~gdx.causal.removal`: the paper's removal table, :func:`removal_table`.
 * :mod:`~gdx.causal.location`: where a concept can be inserted, :func:`location_map`.
 * :mod:`~gdx.causal.saved`: find saved results in a run folder, :func:`find_causal_results`.
@@ -28,6 +30,7 @@ Modules:
 
 from gdx.causal.alpha import optimize_units, segment_probs
 from gdx.causal.effects import MIN_SIDE_COVERAGE, EffectRunner, causal_effect, cumulative_effect
+from gdx.causal.greedy import select_units
 from gdx.causal.location import location_map
 from gdx.causal.ranking import rank_by_ace, rank_by_iou, random_units
 from gdx.causal.removal import removal_table
@@ -64,4 +67,5 @@ __all__ = [
     "rank_by_iou",
     "removal_table",
     "segment_probs",
+    "select_units",
 ]
