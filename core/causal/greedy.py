@@ -83,8 +83,8 @@ def select_units(
     if float(present.sum()) == 0:
         raise InterventionError(f"concept {name!r} is absent from all {pool} samples of seed {seed}; "
                                 "use more samples (pool=) or another seed")
-    z = z_pool[torch.argsort(present, descending=True, stable=True)[:focus]]
-    base = float(present.sort(descending=True, stable=True).values[:focus].sum())
+    most = torch.argsort(present, descending=True, stable=True)[:focus]
+    z, base = z_pool[most], float(present[most].sum())
     n_units = _layer_units(generator, layer, z[:1])
     if max(order) >= n_units or min(order) < 0:
         raise InterventionError(f"candidate units must be in 0..{n_units - 1} for {layer}")
