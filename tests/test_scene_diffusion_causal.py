@@ -5,16 +5,17 @@
   architecture re-initialised (``control="random-weights"``).
 * Ablating the top-20 units of a concept over the step window docs/diffusion.md recommends
   for removal (``mid@0-9``: every step) removes >= 50% of its pixels for >= 3 concepts, tree
-  among them, on held-out samples (latent seed 1), while 20 random units of the same block
-  change every concept covering >= 1% of the pixels by < 15% (mean of 3 draws). Not met yet
-  (two concepts of the four measured): a strict xfail whose reason has the numbers.
+  among them, on held-out samples (latent seed 2: never used by the search, seed 0, nor to
+  choose which concepts to search, seed 1), while 20 random units of the same block change
+  every concept covering >= 1% of the pixels by < 15% (mean of 3 draws). Not met yet (two
+  concepts of the five measured): a strict xfail whose reason has the numbers.
 
 The units are ranked causally: α over the window, then greedy selection under hard ablation
 (``gdx.select_units``), on latent seed 0 only. That search takes about 20 minutes per concept
 on two cores, so it is not run here: ``tools/scenes/diffusion_removal.py`` wrote the rankings to
 ``docs/results/diffusion_rankings/`` with the hash of the weights they belong to, and this test
-measures them on samples the search never saw. The ranking by IoU alone is measured too and
-printed (it removes about half as much: docs/diffusion.md, "Findings").
+measures them on samples the search never saw. (The ranking by IoU alone removes about half
+as much: docs/diffusion.md, "Findings"; not measured here, to save CI time.)
 ``tools/scenes/diffusion_findings.py`` measures more on more samples; CI uses fewer
 (``DISSECT_SAMPLES``, ``EVAL_SAMPLES``) to stay within its time budget, and the bars are the issue's.
 """
@@ -38,9 +39,11 @@ LAYER = "mid@4"
 #: the ablation window docs/diffusion.md recommends (Findings: every step removes the most)
 WINDOW = "mid@0-9"
 DISSECT_SAMPLES = 80
-EVAL_SAMPLES = 40
+EVAL_SAMPLES = 80
+#: held-out latent seed: the search used seed 0; seed 1 helped choose the concepts (docs/diffusion.md)
+EVAL_SEED = 2
 #: concepts measured; the bar is >= 3 of them at >= 50%, tree among them
-CONCEPTS = ("tree", "brick", "road", "building")
+CONCEPTS = ("tree", "brick", "road", "building", "window")
 RANKINGS = Path(__file__).resolve().parents[1] / "docs" / "results" / "diffusion_rankings"
 TOP = 20
 CONTROL_DRAWS = 3
@@ -59,9 +62,9 @@ def dissection(pair) -> gdx.Dissection:
 
 @torch.no_grad()
 def fractions(gen: gdx.Generator, seg: gdx.Segmenter, units: list[int] | None = None) -> torch.Tensor:
-    """Label pixel fractions N x L of the held-out samples (seed 1), with ``units`` of WINDOW off."""
+    """Label pixel fractions N x L of the held-out samples (EVAL_SEED), with ``units`` of WINDOW off."""
     out = []
-    for z in latent_batches(gen, EVAL_SAMPLES, seed=1, batch_size=EVAL_SAMPLES):
+    for z in latent_batches(gen, EVAL_SAMPLES, seed=EVAL_SEED, batch_size=50):
         if units is None:
             images = gen.generate(z)
         else:
@@ -112,14 +115,11 @@ def removal(pair, dissection) -> tuple[dict[str, float], dict[str, float]]:
     before = fractions(gen, seg)
     rankings = shipped_rankings(gen)
     result = {c: removed(before, fractions(gen, seg, rankings[c].top(TOP)), labels.index(c)) for c in CONCEPTS}
-    by_iou = {c: removed(before, fractions(gen, seg, dissection.top_units(c, n=TOP)), labels.index(c))
-              for c in CONCEPTS}
     draws = [fractions(gen, seg, random_units(dissection.units, TOP, seed=1 + d)) for d in range(CONTROL_DRAWS)]
     major = [j for j in range(len(labels)) if float(before[:, j].mean()) >= 0.01]
     control = {labels[j]: sum(-removed(before, a, j) for a in draws) / CONTROL_DRAWS for j in major}
     print(f"{WINDOW}, {EVAL_SAMPLES} held-out samples: top-{TOP} causal units removed "
-          + ", ".join(f"{c} {v:.2f}" for c, v in result.items())
-          + f"; top-{TOP} by IoU at {LAYER}: " + ", ".join(f"{c} {v:.2f}" for c, v in by_iou.items())
+          + ", ".join(f"{c} {v:.3f}" for c, v in result.items())
           + f"; {TOP} random units (mean of {CONTROL_DRAWS}): "
           + ", ".join(f"{c} {v:+.2f}" for c, v in control.items()))
     return result, control
@@ -127,8 +127,9 @@ def removal(pair, dissection) -> tuple[dict[str, float], dict[str, float]]:
 
 @pytest.mark.xfail(strict=True, reason=(
     "not met on the shipped weights: the shipped causal rankings (alpha then greedy, "
-    "tools/scenes/diffusion_removal.py) removed tree 0.55, brick 0.57, building 0.498, road 0.37 of 40 "
-    "held-out samples (bar: >= 0.50 for 3, tree among them); by IoU at mid@4: 0.26 / 0.30 / 0.33 / 0.39"))
+    "tools/scenes/diffusion_removal.py) removed tree 0.50, brick 0.58, window 0.43, road 0.43, building 0.41 of "
+    "80 held-out samples of seed 2 (bar: >= 0.50 for 3, tree among them); window reached 0.52 on seed 1, "
+    "which helped choose it (docs/diffusion.md)"))
 def test_top_units_over_the_window_remove_half_of_three_concepts_tree_among_them(removal):
     result, _ = removal
     passed = [c for c, v in result.items() if v >= 0.5]

@@ -95,15 +95,20 @@ def markdown_table(cells: dict[str, dict[str, object]], blocks: list[str], steps
 
 def ablation(gen: gdx.Generator, seg: gdx.Segmenter, ranking: gdx.Dissection, block: str, rank_step: int,
              windows: list[str], concepts: list[str], *, top: int, eval_samples: int, control_draws: int,
-             batch_size: int) -> tuple[dict[str, object], torch.Tensor, dict[str, torch.Tensor]]:
-    """Removal per concept x window (top units and random units), the unedited images, the ablated ones."""
+             batch_size: int, rankings: dict[str, gdx.UnitRanking] | None = None,
+             ) -> tuple[dict[str, object], torch.Tensor, dict[str, torch.Tensor]]:
+    """Removal per concept x window (top units and random units), the unedited images, the ablated ones.
+
+    ``rankings`` (per concept) replaces the IoU ranking of ``ranking`` for the units switched off."""
     labels = list(seg.labels)
     before, images = label_fractions_under(gen, seg, eval_samples, 1, batch_size=batch_size)
     controls = [random_units(ranking.units, top, seed=1 + d) for d in range(control_draws)]
     out: dict[str, object] = {"block": block, "rank_step": rank_step, "top": top, "eval_samples": eval_samples,
                               "eval_seed": 1, "control_draws": control_draws, "controls": controls,
                               "coverage": {c: float(before[:, labels.index(c)].mean()) for c in concepts},
-                              "units": {c: ranking.top_units(c, n=top) for c in concepts}, "windows": {}}
+                              "ranked_by": "saved rankings" if rankings else f"IoU at {block}@{rank_step}",
+                              "units": {c: rankings[c].top(top) if rankings else ranking.top_units(c, n=top)
+                                        for c in concepts}, "windows": {}}
     edited: dict[str, torch.Tensor] = {}
     for window in windows:
         layer = f"{block}@{window}"
@@ -219,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--windows", default=WINDOWS)
     p.add_argument("--concepts", default=CONCEPTS)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--rankings", default="", help="a folder of saved unit rankings CONCEPT.json (e.g. "
+                   "docs/results/diffusion_rankings) to ablate instead of the IoU ranking")
     p.add_argument("--eval-samples", type=int, default=80, help="held-out samples of seed 1 for the ablations")
     p.add_argument("--control-draws", type=int, default=3)
     p.add_argument("--grid-rows", type=int, default=2, help="grid rows per concept")
@@ -258,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
                                                  batch_size=args.batch_size, progress=False)
         abl, images, edited = ablation(gen, seg, dissections[ranked_at], args.ablate_block, args.rank_step,
                                        windows, concepts, top=args.top, eval_samples=args.eval_samples,
-                                       control_draws=args.control_draws, batch_size=args.batch_size)
+                                       control_draws=args.control_draws, batch_size=args.batch_size,
+                                       rankings={c: gdx.load_result(Path(args.rankings) / f"{c}.json")
+                                                 for c in concepts} if args.rankings else None)
         result["ablation"], result["ablation_seconds"] = abl, round(time.time() - t, 1)
         save_grid(Path(args.grid), seg, concepts[:3], windows, images, edited, args.grid_rows)
     if "paint" in parts and args.paint:
