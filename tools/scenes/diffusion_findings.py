@@ -10,7 +10,7 @@ Never run in CI (minutes on two cores). Two parts, both on the shipped weights:
 2. **Early vs late ablation.** For each concept of ``--concepts``, the top ``--top`` units
    by IoU at ``--ablate-block@--rank-step`` (one dissected cell, so every window edits the
    same units) are switched off over each step window of ``--windows``, on ``--eval-samples``
-   held-out samples of seed 1; the fraction of the concept's pixels removed (1 - sum after /
+   held-out samples of ``--eval-seed`` (1); the fraction of the concept's pixels removed (1 - sum after /
    sum before over samples containing it: ``gdx.causal_effect``'s ``removed``) next to
    ``--top`` random units of the same block (mean of ``--control-draws`` draws), and a
    picture grid (rows: held-out samples with the most of the concept; columns: unedited,
@@ -95,16 +95,16 @@ def markdown_table(cells: dict[str, dict[str, object]], blocks: list[str], steps
 
 def ablation(gen: gdx.Generator, seg: gdx.Segmenter, ranking: gdx.Dissection, block: str, rank_step: int,
              windows: list[str], concepts: list[str], *, top: int, eval_samples: int, control_draws: int,
-             batch_size: int, rankings: dict[str, gdx.UnitRanking] | None = None,
+             batch_size: int, rankings: dict[str, gdx.UnitRanking] | None = None, eval_seed: int = 1,
              ) -> tuple[dict[str, object], torch.Tensor, dict[str, torch.Tensor]]:
     """Removal per concept x window (top units and random units), the unedited images, the ablated ones.
 
     ``rankings`` (per concept) replaces the IoU ranking of ``ranking`` for the units switched off."""
     labels = list(seg.labels)
-    before, images = label_fractions_under(gen, seg, eval_samples, 1, batch_size=batch_size)
+    before, images = label_fractions_under(gen, seg, eval_samples, eval_seed, batch_size=batch_size)
     controls = [random_units(ranking.units, top, seed=1 + d) for d in range(control_draws)]
     out: dict[str, object] = {"block": block, "rank_step": rank_step, "top": top, "eval_samples": eval_samples,
-                              "eval_seed": 1, "control_draws": control_draws, "controls": controls,
+                              "eval_seed": eval_seed, "control_draws": control_draws, "controls": controls,
                               "coverage": {c: float(before[:, labels.index(c)].mean()) for c in concepts},
                               "ranked_by": "saved rankings" if rankings else f"IoU at {block}@{rank_step}",
                               "units": {c: rankings[c].top(top) if rankings else ranking.top_units(c, n=top)
@@ -114,11 +114,11 @@ def ablation(gen: gdx.Generator, seg: gdx.Segmenter, ranking: gdx.Dissection, bl
         layer = f"{block}@{window}"
         row: dict[str, object] = {}
         for c in concepts:
-            after, x = label_fractions_under(gen, seg, eval_samples, 1, layer, out["units"][c],  # type: ignore[index]
-                                             batch_size=batch_size)
+            units: list[int] = out["units"][c]  # type: ignore[index]
+            after, x = label_fractions_under(gen, seg, eval_samples, eval_seed, layer, units, batch_size=batch_size)
             row[c] = removed_fraction(before, after, labels.index(c))
             edited[f"{c}:{window}"] = x
-        draws = [label_fractions_under(gen, seg, eval_samples, 1, layer, u, batch_size=batch_size)[0]
+        draws = [label_fractions_under(gen, seg, eval_samples, eval_seed, layer, u, batch_size=batch_size)[0]
                  for u in controls]
         row["random"] = {c: [removed_fraction(before, a, labels.index(c)) for a in draws] for c in concepts}
         out["windows"][window] = row  # type: ignore[index]
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--rankings", default="", help="a folder of saved unit rankings CONCEPT.json (e.g. "
                    "docs/results/diffusion_rankings) to ablate instead of the IoU ranking")
-    p.add_argument("--eval-samples", type=int, default=80, help="held-out samples of seed 1 for the ablations")
+    p.add_argument("--eval-samples", type=int, default=80, help="held-out samples for the ablations")
+    p.add_argument("--eval-seed", type=int, default=1, help="their latent seed (the searches used 0)")
     p.add_argument("--control-draws", type=int, default=3)
     p.add_argument("--grid-rows", type=int, default=2, help="grid rows per concept")
     p.add_argument("--paint", default=PAINT, help="GANPaint settings of part 3 ('' skips it)")
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         abl, images, edited = ablation(gen, seg, dissections[ranked_at], args.ablate_block, args.rank_step,
                                        windows, concepts, top=args.top, eval_samples=args.eval_samples,
                                        control_draws=args.control_draws, batch_size=args.batch_size,
+                                       eval_seed=args.eval_seed,
                                        rankings={c: gdx.load_result(Path(args.rankings) / f"{c}.json")
                                                  for c in concepts} if args.rankings else None)
         result["ablation"], result["ablation_seconds"] = abl, round(time.time() - t, 1)
