@@ -31,7 +31,7 @@ import torch
 
 import gdx
 from gdx.causal import random_units
-from gdx.sampling import label_fractions, latent_batches, segment_images
+from tools.scenes.diffusion_findings import label_fractions_under, removed_fraction
 
 pytestmark = pytest.mark.slow
 
@@ -62,24 +62,10 @@ def dissection(pair) -> gdx.Dissection:
     return gdx.dissect(gen, seg, LAYER, samples=DISSECT_SAMPLES, seed=0, batch_size=50, progress=False)
 
 
-@torch.no_grad()
 def fractions(gen: gdx.Generator, seg: gdx.Segmenter, units: list[int] | None = None) -> torch.Tensor:
     """Label pixel fractions N x L of the held-out samples (EVAL_SEED), with ``units`` of WINDOW off."""
-    out = []
-    for z in latent_batches(gen, EVAL_SAMPLES, seed=EVAL_SEED, batch_size=50):
-        if units is None:
-            images = gen.generate(z)
-        else:
-            with gdx.intervene(gen, WINDOW, units):
-                images = gen.generate(z)
-        out.append(label_fractions(segment_images(seg, images), len(seg.labels)))
-    return torch.cat(out)
-
-
-def removed(before: torch.Tensor, after: torch.Tensor, index: int) -> float:
-    """gdx.causal_effect's ``removed``: 1 - sum after / sum before, over samples containing the label."""
-    contains = before[:, index] > 0
-    return 1.0 - float(after[contains, index].sum() / before[contains, index].sum())
+    layer = None if units is None else WINDOW
+    return label_fractions_under(gen, seg, EVAL_SAMPLES, EVAL_SEED, layer, units, batch_size=50)[0]
 
 
 def test_middle_block_at_middle_step_has_units_for_8_concepts_and_beats_random_weights(pair, dissection):
@@ -116,10 +102,10 @@ def removal(pair, dissection) -> tuple[dict[str, float], dict[str, float]]:
     labels = list(seg.labels)
     before = fractions(gen, seg)
     rankings = shipped_rankings(gen)
-    result = {c: removed(before, fractions(gen, seg, rankings[c].top(TOP)), labels.index(c)) for c in CONCEPTS}
+    result = {c: removed_fraction(before, fractions(gen, seg, rankings[c].top(TOP)), labels.index(c)) for c in CONCEPTS}
     draws = [fractions(gen, seg, random_units(dissection.units, TOP, seed=1 + d)) for d in range(CONTROL_DRAWS)]
     major = [j for j in range(len(labels)) if float(before[:, j].mean()) >= 0.01]
-    control = {labels[j]: sum(-removed(before, a, j) for a in draws) / CONTROL_DRAWS for j in major}
+    control = {labels[j]: sum(-removed_fraction(before, a, j) for a in draws) / CONTROL_DRAWS for j in major}
     print(f"{WINDOW}, {EVAL_SAMPLES} held-out samples: top-{TOP} causal units removed "
           + ", ".join(f"{c} {v:.3f}" for c, v in result.items())
           + f"; {TOP} random units (mean of {CONTROL_DRAWS}): "
