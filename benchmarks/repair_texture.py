@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         p.error(f"--ablate must look like layer7:15,26,14, got {args.ablate!r}")
     gen = gdx.load_generator(args.gen)
     z = gen.sample_latents(args.samples, seed=args.seed)
-    real = render_scenes(args.samples, seed=args.real_seed, size=int(gen.generate(z[:1]).shape[-1])).images
+    with torch.no_grad(), gdx.Trace(gen.module, layer) as tr:
+        first = gen.generate(z[:1])
+    size = int(tr[layer].shape[1])  # units of the layer, for the random sets
+    real = render_scenes(args.samples, seed=args.real_seed, size=int(first.shape[-1])).images
 
     def under(off: list[int]) -> dict[str, float]:
         with torch.no_grad(), gdx.intervene(gen, layer, off, value=0.0):
@@ -64,9 +67,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     with torch.no_grad():
         sampled = ground_texture(gen.generate(z), args.lag)
-        with gdx.Trace(gen.module, layer) as tr:
-            gen.generate(z[:1])
-    size = int(tr[layer].shape[1])  # units of the layer, for the random sets
     rows = {"rendered": ground_texture(real, args.lag), "generator": sampled, f"{args.ablate} off": under(units)}
     for d in range(args.control_draws):
         drawn = random_units(size, len(units), seed=1 + d)
