@@ -208,3 +208,26 @@ def test_greedy_selection_finds_the_causal_set_and_scores_each_round_like_interv
     assert ranking.top(1) == [single.index(max(single))]
     with pytest.raises(gdx.InterventionError, match="at least n=3 distinct"):
         select_units(gen, seg, "features", "tree", [0, 1], n=3)
+
+
+def test_greedy_shortlist_retries_only_the_best_of_the_round_before(street, monkeypatch):
+    """shortlist=4: round 1 tries all 12 units, later rounds only the 4 best of the round
+    before (counted at the forward passes), and the search still finds the tree units."""
+    from gdx.causal import greedy, select_units
+
+    gen, seg = street
+    rows_per_round: list[int] = []
+    real = greedy._concept_pixels
+
+    def counting(generator, segmenter, layer, index, z, keep):  # type: ignore[no-untyped-def]
+        if keep is not None:
+            rows_per_round.append(len(keep) // 8)
+        return real(generator, segmenter, layer, index, z, keep)
+
+    monkeypatch.setattr(greedy, "_concept_pixels", counting)
+    ranking = select_units(gen, seg, "features", "tree", list(range(12)), n=3, pool=40, focus=8, seed=0,
+                           rows=800, shortlist=4)
+    assert rows_per_round == [12, 4, 4]
+    assert set(ranking.top(3)) == set(TREE_UNITS) and ranking.history[-1] > 0.9
+    with pytest.raises(gdx.InterventionError, match="shortlist >= 1"):
+        select_units(gen, seg, "features", "tree", list(range(12)), n=3, shortlist=0)

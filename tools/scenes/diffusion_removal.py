@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--pool", type=int, default=96)
     p.add_argument("--focus", type=int, default=16)
+    p.add_argument("--shortlist", type=int, default=None,
+                   help="after round 1, retry only this many of the round before's best candidates (default: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                                    lr=0.05)
         log(f"{concept}: alpha top {2 * args.top}: {alpha.top(2 * args.top)}")
         ranking = gdx.select_units(gen, seg, WINDOW, concept, alpha, n=args.top, pool=args.pool, focus=args.focus,
-                                   seed=0, progress=log)
+                                   seed=0, shortlist=args.shortlist, progress=log)
         ranking.save(out / f"{concept}.json")
         log(f"{concept}: chosen {ranking.top(args.top)} -> {out / (concept + '.json')}")
     from gdx.plugins.generators.scene_diffusion import WEIGHTS_DIR, WEIGHTS_NAME
