@@ -7,9 +7,10 @@ Never run in CI (about 20 minutes per concept on two cores). For each concept of
 2. learn α over the window ``mid@0-9`` (every step: the window docs/diffusion.md recommends
    for removal), ablation term only, read on the concept's own pixels
    (``gdx.optimize_units(..., insert_weight=0, ablation_read="concept", lr=0.05)``);
-3. pick 20 units from α's top 40 by greedy forward selection under hard ablation
-   (``gdx.select_units``: each round adds the unit that leaves the fewest concept pixels on
-   the 16 samples of 96 with the most of the concept).
+3. pick 20 units from α's top 40 (``--candidates``) by greedy forward selection under hard
+   ablation (``gdx.select_units``: each round adds the unit that leaves the fewest concept
+   pixels on the ``--focus`` 16 samples of ``--pool`` 96 with the most of the concept;
+   ``--shortlist K`` retries only the previous round's best K, for larger ``--focus``).
 
 Writes each ranking as ``OUT/CONCEPT.json`` (a ``gdx.causal.UnitRanking``, loadable with
 ``gdx.load_result``) and ``OUT/command.json``; ``tests/test_scene_diffusion_causal.py``
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--pool", type=int, default=96)
     p.add_argument("--focus", type=int, default=16)
+    p.add_argument("--candidates", type=int, default=0, help="α's top K are the candidates (default: 2 x --top)")
     p.add_argument("--shortlist", type=int, default=None,
                    help="after round 1, retry only this many of the round before's best candidates (default: all)")
     args = p.parse_args(argv)
@@ -67,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         alpha = gdx.optimize_units(gen, seg, WINDOW, concept, samples=args.alpha_samples, seed=0, epochs=args.epochs,
                                    init=dissection, batch_size=20, insert_weight=0, ablation_read="concept",
                                    lr=0.05)
-        log(f"{concept}: alpha top {2 * args.top}: {alpha.top(2 * args.top)}")
-        ranking = gdx.select_units(gen, seg, WINDOW, concept, alpha, n=args.top, pool=args.pool, focus=args.focus,
+        log(f"{concept}: alpha top {args.candidates or 2 * args.top}: {alpha.top(args.candidates or 2 * args.top)}")
+        candidates = alpha.top(args.candidates) if args.candidates else alpha
+        ranking = gdx.select_units(gen, seg, WINDOW, concept, candidates, n=args.top, pool=args.pool, focus=args.focus,
                                    seed=0, shortlist=args.shortlist, progress=log)
         ranking.save(out / f"{concept}.json")
         log(f"{concept}: chosen {ranking.top(args.top)} -> {out / (concept + '.json')}")
