@@ -14,8 +14,10 @@ pixels (the segmenter's hard labels: the quantity the removal table measures). A
 round's candidates run as one batch, each row with its own unit mask, so a round costs
 ``len(candidates) x focus`` samples. ``shortlist`` trades exactness for speed: after the
 first round only the candidates that scored best in the round before are tried again (a
-unit whose single ablation removed little rarely becomes the best addition later), which
-makes a search on twice the focus samples cost about what the full search cost.
+heuristic: a unit that helped little in one round is assumed not to become the best
+addition in the next). On the scene-diffusion model a search on 64 focus samples with a
+shortlist of 10 took about as long as the full search on 32 (an hour on one core) and
+found a tree set that removes as much on held-out samples as the full search on 16.
 """
 
 from __future__ import annotations
