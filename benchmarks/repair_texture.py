@@ -61,11 +61,10 @@ def texture_per_image(images: torch.Tensor, region: torch.Tensor, lag: int = 3,
             "v": (dy.abs() * inside_y).sum((1, 2)) / inside_y.sum((1, 2)).clamp_min(1)}
 
 
-def ground_texture(images: torch.Tensor, region: torch.Tensor, lag: int = 3,
-                   long_lags: tuple[int, ...] = (14, 16, 18, 20)) -> dict[str, float]:
-    """The means of :func:`texture_per_image` over the images that have any of ``region``."""
+def mean_texture(per_image: dict[str, torch.Tensor], region: torch.Tensor) -> dict[str, float]:
+    """The means of :func:`texture_per_image`'s values over the images that have any of ``region``."""
     some = region.flatten(1).sum(1) > 1
-    return {k: float(v[some].mean()) for k, v in texture_per_image(images, region, lag, long_lags).items()}
+    return {k: float(v[some].mean()) for k, v in per_image.items()}
 
 
 def save_grid(before: torch.Tensor, after: torch.Tensor, path: str, scale: int = 4) -> None:
@@ -132,21 +131,19 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         with torch.no_grad():
             region = concept_mask(segment_images(seg, images), list(seg.labels).index(args.region)).cpu()
 
-    def under(off: list[int]) -> dict[str, float]:
-        return ground_texture(repaired(off), region, args.lag, lags)
+    def texture(x: torch.Tensor, where: torch.Tensor = region) -> dict[str, torch.Tensor]:
+        return texture_per_image(x, where, args.lag, lags)
 
-    after = repaired(units)
-    rows = {"rendered": ground_texture(real, region_real, args.lag, lags),
-            "generator": ground_texture(images, region, args.lag, lags),
-            f"{args.ablate} off": ground_texture(after, region, args.lag, lags)}
+    after, sampled = repaired(units), texture(images)
+    rows = {"rendered": mean_texture(texture(real, region_real), region_real),
+            "generator": mean_texture(sampled, region), f"{args.ablate} off": mean_texture(texture(after), region)}
     if args.grid:
-        strength = texture_per_image(images, region, args.lag, lags)["long"]
-        worst = torch.argsort(strength, descending=True)[:args.grid_samples]
+        worst = torch.argsort(sampled["long"], descending=True)[:args.grid_samples]
         save_grid(images[worst], after[worst], args.grid)
         print(f"before/after of samples {worst.tolist()} (the strongest streaks) -> {args.grid}")
     for d in range(args.control_draws):
         drawn = random_units(size, len(units), seed=1 + d)
-        rows[f"random {layer}:{','.join(map(str, drawn))} off"] = under(drawn)
+        rows[f"random {layer}:{','.join(map(str, drawn))} off"] = mean_texture(texture(repaired(drawn)), region)
     print(f"| {args.samples} samples | streak (lag {args.lag}) | long (lags {args.long_lags}) | long_corr | h | v |\n"
           "|---|---|---|---|---|---|")
     for name, r in rows.items():
