@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         alpha = gdx.optimize_units(gen, seg, WINDOW, concept, samples=args.alpha_samples, seed=0, epochs=args.epochs,
                                    init=dissection, batch_size=20, insert_weight=0, ablation_read="concept",
                                    lr=0.05)
-        log(f"{concept}: alpha top {args.candidates or 2 * args.top}: {alpha.top(args.candidates or 2 * args.top)}")
-        candidates = alpha.top(args.candidates) if args.candidates else alpha
+        candidates = alpha.top(args.candidates or 2 * args.top)  # select_units' own default for a ranking: 2 x top
+        log(f"{concept}: alpha top {len(candidates)}: {candidates}")
         ranking = gdx.select_units(gen, seg, WINDOW, concept, candidates, n=args.top, pool=args.pool, focus=args.focus,
                                    seed=0, shortlist=args.shortlist, progress=log)
         ranking.save(out / f"{concept}.json")
