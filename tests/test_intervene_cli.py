@@ -98,13 +98,9 @@ def test_removal_table_by_iou(cli, tmp_path):
 
 
 def test_scene_removal_benchmark_script_runs_on_the_toy(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scene_removal.py"
-    spec = importlib.util.spec_from_file_location("scene_removal", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("scene_removal")
     out = tmp_path / "bench"
     module.main(["--gen", "toy", "--seg", "toy", "--layer", "features", "--method", "iou", "--top", "2",
                  "--concepts", "sun,lake", "--samples", "30", "--out", str(out)])

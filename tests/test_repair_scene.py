@@ -94,14 +94,9 @@ def test_the_repair_halves_the_streaks_in_the_grass():
     held-out samples the grass's streak strength (``long``: the horizontal derivative's
     covariance 14-20 rows down; rendered grass 0.00) falls by at least 40% (measured 49%),
     while random unit sets of layer7 leave most of it (their mean measured 86% of before)."""
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "repair_texture.py"
-    spec = importlib.util.spec_from_file_location("repair_texture", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("repair_texture")
     threads = torch.get_num_threads()
     try:
         result = module.main(["--ablate", f"{LAYER}:{','.join(map(str, UNITS))}", "--samples", "300",
