@@ -51,6 +51,7 @@ from gdx.dissection import DissectionRun, dissect
 from gdx.labelstats import random_weights
 from gdx.intervention import Edit, Intervention, Value, intervene
 from gdx.values import insertion_values, unit_quantiles
+from gdx.concept_prior import ConceptPrior
 from gdx.inversion import Inversion, InvertedGenerator, invert
 from gdx.causal import (
     CausalEffect,
@@ -94,6 +95,7 @@ __all__ = [
     "ArtifactRepair",
     "CausalEffect",
     "CheckpointError",
+    "ConceptPrior",
     "ControlError",
     "CumulativeCurve",
     "Dissection",
