@@ -7,6 +7,7 @@ pools use seeds from 10,000,000 up, tools/scenes/pool.py).
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -166,3 +167,72 @@ def test_cli_invert_and_paint_image(toy, tmp_path, monkeypatch):
     with TestClient(served[0], base_url="http://127.0.0.1") as client:
         photo = client.get("/api/info").json()["photo"]
         assert photo and client.get(f"/api/photo/{photo}.png").status_code == 200
+    # GANPaint inverts with the run's concept prior (the toy's objects: sun, tree, rock)
+    prior = served[0].state.photos[photo].generator.inversion.settings.prior
+    assert prior.startswith("features: 3 concepts"), prior
+
+    # gdx invert --run: the layer and the concept prior GANPaint uses
+    res = CliRunner().invoke(cli, ["invert", str(files[0]), "--out", str(tmp_path / "out2"), "--run", str(run),
+                                   "--latent-steps", "5", "--feature-steps", "5", "--gen", "toy"])
+    assert res.exit_code == 0, res.output
+    assert "--gen is ignored" in res.output and "concept prior: features: 3 concepts" in res.output
+    assert json.loads((tmp_path / "out2" / "inversion.json").read_text())["prior"].startswith("features: 3 concepts")
+
+
+def test_concept_prior_levels_and_loss():
+    """ConceptPrior.measure: each unit's mean activation where the segmenter finds its concept
+    on the generator's own samples; the loss only penalises units firing below that level."""
+    from gdx.concept_prior import ConceptPrior
+
+    gen, seg = gdx.load_generator("toy"), gdx.load_segmenter("toy")
+    prior = ConceptPrior.measure(gen, seg, "features", {"sun": (TOY_SUN, 7), "lake": ()}, samples=40)
+    assert list(prior.units) == ["sun"]  # no units: left out
+    sun_level, other_level = (float(v) for v in prior.levels["sun"])
+    assert sun_level > 0.5 and sun_level > 3 * abs(other_level)  # unit 0 draws the sun, unit 7 does not
+    assert prior.describe() == "features: 1 concepts, weight 0.5"
+    with torch.no_grad(), gdx.Trace(gen, "features") as tr:
+        photos = gen.generate(gen.sample_latents(4, seed=3))
+    acts = tr["features"]
+    targets = prior.targets(photos, acts.shape[-2:])
+    assert len(targets) == 1 and bool(targets[0][2].any())
+    loss = prior.loss(acts, targets)
+    assert loss.shape == (4,) and bool((loss >= 0).all())
+    high = acts.clone()
+    high[:, [TOY_SUN, 7]] = 100.0
+    assert float(prior.loss(high, targets).abs().max()) == 0.0  # above the level: no pull
+    low = acts.clone()
+    low[:, [TOY_SUN, 7]] = -1.0
+    assert bool((prior.loss(low, targets) > loss).any())
+    with pytest.raises(gdx.InversionError, match="not a label"):
+        ConceptPrior.measure(gen, seg, "features", {"cloud": (0,)}, samples=4)
+    with pytest.raises(gdx.InversionError, match="weight"):
+        ConceptPrior(prior.layer, seg, prior.units, prior.levels, weight=-1.0)
+
+
+def test_invert_with_a_concept_prior_draws_the_concept_with_its_units(toy):
+    """The prior holds the sun units up where the photo shows sun; the saved settings say so."""
+    from gdx.concept_prior import ConceptPrior
+
+    gen, photos, plain = toy
+    seg = gdx.load_segmenter("toy")
+    prior = ConceptPrior.measure(gen, seg, "features", {"sun": (TOY_SUN, TOY_SUN + 4)}, samples=40, weight=10.0)
+    inv = gdx.invert(gen, photos, layer="features", latent_steps=30, feature_steps=80, anchor=0.0, prior=prior)
+    (units, levels, cells), = prior.targets(photos, inv.features.shape[-2:])
+
+    def shortfall(features: torch.Tensor) -> float:
+        gap = F.relu(levels[None, :, None, None] - features[:, units])
+        return float(gap.permute(0, 2, 3, 1)[cells].mean())
+
+    assert shortfall(inv.features) < 0.5 * shortfall(plain.features)
+    assert inv.settings.prior == prior.describe() and plain.settings.prior == ""
+    agree = (seg.segment(inv.reconstructions) == seg.segment(photos)).float().mean()
+    assert agree >= 0.95
+
+
+def test_concept_prior_must_be_on_a_layer_the_features_drive(toy):
+    from gdx.concept_prior import ConceptPrior
+
+    gen, photos, _ = toy
+    prior = ConceptPrior.measure(gen, gdx.load_segmenter("toy"), "features", {"sun": (TOY_SUN,)}, samples=8)
+    with pytest.raises(gdx.InversionError, match="does not run after"):
+        gdx.invert(gen, photos[:1], layer="decoder", latent_steps=0, feature_steps=1, prior=prior)

@@ -41,7 +41,8 @@ def test_open_a_photo_and_paint_a_tree_in_chromium(tmp_path):
     path = write_png(tmp_path / "upload.png", photo)
     scale = DISPLAY / 64
 
-    with serve(create_app(engine)) as url, chromium_page() as (page, errors):
+    # as `gdx paint` serves it: uploads inverted with the concept prior of the run's segmenter
+    with serve(create_app(engine, segmenter=seg)) as url, chromium_page() as (page, errors):
         page.goto(url)
         page.wait_for_selector("body[data-ready='1']")
         page.set_input_files("#image-file", str(path))

@@ -26,13 +26,21 @@ from gdx.hookspecs import hookimpl
               help="Pull of the optimised features towards the generator's own (keeps them paintable).")
 @click.option("--tolerance", default=1e-3, show_default=True, type=click.FloatRange(0),
               help="Stop early once every image's pixel MSE is below this.")
+@click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A 'gdx run' folder: invert its generator for painting, with the concept prior of its paint "
+                   "engine (so that erasing a concept removes it; docs/paint.md). --gen is ignored.")
+@click.option("--prior-weight", default=0.5, show_default=True, type=click.FloatRange(0),
+              help="Weight of the concept prior (with --run; 0 turns it off).")
 @friendly_errors
 def invert(images: tuple[str, ...], out: str, gen: str | None, gen_opts: tuple[str, ...], layer: str | None, seed: int,
-           candidates: int, latent_steps: int, feature_steps: int, anchor: float, tolerance: float) -> None:
+           candidates: int, latent_steps: int, feature_steps: int, anchor: float, tolerance: float,
+           run_dir: str | None, prior_weight: float) -> None:
     """Invert PNG/JPEG IMAGES into the generator, so that they can be edited like its samples.
 
     Each image is centre-cropped and resized to the generator's resolution. 'gdx paint
-    --image FILE' opens one in GANPaint; gdx.Inversion.load reads the saved file.
+    --image FILE' opens one in GANPaint; gdx.Inversion.load reads the saved file. With
+    --run, the inversion is made as GANPaint makes it (its layer and concept prior);
+    without, the concept prior is off and erasing a concept removes less of it.
     """
     import torch
 
@@ -41,14 +49,32 @@ def invert(images: tuple[str, ...], out: str, gen: str | None, gen_opts: tuple[s
     from gdx.photos import read_image
     from gdx.plots import to_uint8, write_png
 
-    name = gen or first_registered("generator", DEFAULT_GENERATORS)
-    generator = adapter_spec("generator", name, tuple(gen_opts)).build("generator")
+    prior = None
+    if run_dir is not None:
+        from gdx.inversion import layer_for_edits
+        from gdx.paint.models import engine_from_run
+        from gdx.runs import RunFolder
+
+        if gen:
+            click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
+        manifest = RunFolder(run_dir).manifest()
+        with torch.no_grad():
+            engine = engine_from_run(run_dir)
+        generator, name = engine.generator, manifest.generator.name
+        layer = layer or layer_for_edits(generator, engine.layer)
+        if prior_weight > 0:
+            prior = engine.photo_prior(manifest.segmenter.build("segmenter"), weight=prior_weight)
+            click.echo(f"concept prior: {prior.describe()}", err=True)
+    else:
+        name = gen or first_registered("generator", DEFAULT_GENERATORS)
+        generator = adapter_spec("generator", name, tuple(gen_opts)).build("generator")
     with torch.no_grad():
         probe = generator.generate(generator.sample_latents(1, seed=0).to(generator.device))
     size = (int(probe.shape[-2]), int(probe.shape[-1]))
     photos = torch.cat([read_image(Path(p).read_bytes(), size=size) for p in images])
     inv = invert_images(generator, photos, layer=layer, seed=seed, candidates=candidates, latent_steps=latent_steps,
-                        feature_steps=feature_steps, anchor=anchor, tolerance=tolerance, progress=True)
+                        feature_steps=feature_steps, anchor=anchor, tolerance=tolerance, prior=prior,
+                        progress=True)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     inv.save(folder / "inversion.safetensors")
@@ -57,7 +83,7 @@ def invert(images: tuple[str, ...], out: str, gen: str | None, gen_opts: tuple[s
         write_png(folder / f"{i:04d}-photo.png", to_uint8(inv.targets[i]))
         write_png(folder / f"{i:04d}-reconstruction.png", to_uint8(inv.reconstructions[i]))
     summary = {"generator": name, "layer": inv.layer, "images": [str(p) for p in images],
-               "psnr": [round(v, 3) for v in psnr], "steps": list(inv.steps)}
+               "psnr": [round(v, 3) for v in psnr], "steps": list(inv.steps), "prior": inv.settings.prior}
     (folder / "inversion.json").write_text(json.dumps(summary, indent=2) + "\n")
     click.echo(f"inverted {len(inv)} image(s) into {name}:{inv.layer}; mean PSNR {sum(psnr) / len(psnr):.2f} dB "
                f"-> {folder}")

@@ -49,11 +49,13 @@ def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts:
 
     from gdx.cli.options import DEFAULT_GENERATORS, DEFAULT_SEGMENTERS, adapter_spec, first_registered
     from gdx.paint.engine import PaintEngine
+    from gdx.interfaces import Segmenter
     from gdx.paint.models import engine_from_run, quick_dissection
+    from gdx.runs import RunFolder
 
     from gdx.paint.worker import ModelThread
 
-    def build() -> PaintEngine:
+    def build() -> tuple[PaintEngine, Segmenter]:
         # A context, not torch.set_grad_enabled(False): the command also runs in-process
         # (click's CliRunner, tools embedding gdx), where a global switch would leak. The
         # engine's edits run under their own no_grad.
@@ -69,12 +71,13 @@ def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts:
                 folder = run_dir
                 if gen:
                     click.echo("note: --gen is ignored with --run (the run's generator is used)", err=True)
-            return engine_from_run(folder, layer, iou_min=iou_min)
+            # the run's segmenter: photos are inverted with the engine's concept prior (docs/paint.md)
+            return engine_from_run(folder, layer, iou_min=iou_min), RunFolder(folder).manifest().segmenter.build("segmenter")
 
     # The startup dissection, the engine and every later edit run on one thread: torch on
     # several threads of one process is about twice as slow on a small CPU (gdx.paint.worker).
     model_thread = ModelThread()
-    engine = model_thread.call(build)
+    engine, segmenter = model_thread.call(build)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.secho(f"WARNING: listening on {host}: anyone who can reach this machine can use the model "
                     "(there is no authentication).", fg="red", err=True)
@@ -92,7 +95,7 @@ def paint(gen: str | None, seg: str | None, gen_opts: tuple[str, ...], seg_opts:
 
         photos.append(model_thread.call(read_image, Path(image).read_bytes(), size=engine.image_size))
         click.echo(f"inverting {image} into {engine.generator.name} (a few seconds)", err=True)
-    app = create_app(engine, hosts=allowed_hosts(host), photos=photos, model_thread=model_thread)
+    app = create_app(engine, hosts=allowed_hosts(host), photos=photos, model_thread=model_thread, segmenter=segmenter)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

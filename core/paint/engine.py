@@ -24,8 +24,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from gdx.concept_prior import ConceptPrior
 from gdx.errors import GdxError, PaintError
-from gdx.interfaces import Generator
+from gdx.interfaces import Generator, Segmenter
 from gdx.intervention import Edit, intervene, per_step_rows
 from gdx.values import unit_quantiles
 from gdx.plots import to_uint8
@@ -154,6 +155,30 @@ class PaintEngine:
         new = copy.copy(self)
         new.generator = generator
         return new
+
+    def photo_prior(self, segmenter: Segmenter, *, samples: int = 200, seed: int = 0, weight: float = 0.5,
+                    concepts: list[str] | None = None) -> ConceptPrior:
+        """The concept prior to invert photos with, so that this engine's erase brush works on them.
+
+        Measures, on ``samples`` of the generator's own images, how strongly each concept's
+        painted units (the top :attr:`default_units`) fire where ``segmenter`` finds it
+        (:class:`gdx.ConceptPrior`). ``concepts`` default: every paintable concept but the
+        segmenter's "stuff" (sky, grass, road, ...): those cover most of a picture, and holding
+        their units up makes other concepts hard to draw over them (docs/paint.md measures it).
+        Call it on the generator's engine, not on a photo's (``with_generator``) copy.
+        """
+        if concepts is None:
+            chosen = [c for c, k in self.concepts.items() if k.category != "stuff"]
+        else:
+            unknown = [c for c in concepts if c not in self.concepts]
+            if unknown:
+                raise PaintError(f"unknown concept(s) {', '.join(map(repr, unknown))} for the photo prior; "
+                                 f"paintable: {', '.join(self.concepts)}")
+            chosen = list(concepts)
+        units = {c: self.concepts[c].units[: self.default_units] for c in chosen}
+        with self.lock:
+            return ConceptPrior.measure(self.generator, segmenter, self.layer, units, samples=samples, seed=seed,
+                                        weight=weight)
 
     @property
     def default_units(self) -> int:

@@ -39,7 +39,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gdx.concept_prior import ConceptPrior
 from gdx.errors import PaintError, PhotoError
+from gdx.interfaces import Segmenter
 from gdx.paint.engine import MAX_UNITS, PaintEngine, Stroke
 from gdx.paint.worker import ModelThread
 from gdx.photos import FORMATS, read_image, sniff_format
@@ -223,11 +225,16 @@ def allowed_hosts(host: str | None = None) -> list[str]:
 
 def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: str = "gdx paint",
                hosts: list[str] | None = None, photos: Sequence[torch.Tensor] = (),
-               invert_options: dict[str, Any] | None = None, model_thread: ModelThread | None = None) -> FastAPI:
+               invert_options: dict[str, Any] | None = None, model_thread: ModelThread | None = None,
+               segmenter: Segmenter | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (run it with uvicorn; see ``gdx paint``).
 
     ``photos`` (each 1 x 3 x H x W in [-1, 1] at the generator's size) are inverted now and
     opened first; ``invert_options`` are passed to :func:`gdx.invert` for them and for uploads.
+    With a ``segmenter`` (the run's), photos are inverted with the engine's concept prior
+    (:meth:`PaintEngine.photo_prior`, measured once at the first photo), so that the erase
+    brush removes what a photo shows; without one (or with ``prior`` in ``invert_options``)
+    as given.
 
     Only requests whose Host header names one of ``hosts`` (default: the loopback names,
     :func:`allowed_hosts`) are answered (others get 400), against DNS rebinding. The
@@ -251,10 +258,16 @@ def create_app(engine: PaintEngine, *, max_body: int = DEFAULT_MAX_BODY, title: 
     opened_lock = threading.Lock()
     counter = [0]
 
+    priors: list[ConceptPrior] = []
+
     def open_photo(x: torch.Tensor) -> tuple[str, PaintEngine, float]:
         from gdx.inversion import invert, layer_for_edits
 
         options = dict(invert_options or {})
+        if segmenter is not None and "prior" not in options:
+            if not priors:  # measured once, on the model thread like every other torch call
+                priors.append(engine.photo_prior(segmenter))
+            options["prior"] = priors[0]
         with engine.lock:  # the inversion hooks the shared module, like an edit
             options.setdefault("layer", layer_for_edits(engine.generator, engine.layer))
             inv = invert(engine.generator, x, **options)
