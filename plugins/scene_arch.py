@@ -122,3 +122,27 @@ class SceneRealismNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).mean(dim=(1, 2, 3))
+
+
+class SceneEncoder(nn.Module):
+    """64x64 RGB in [-1, 1] -> a scene GAN latent (N x z_dim), the warm start of ``gdx.invert``.
+
+    Four stride-2 convolutions (64 -> 4) and a linear head. The output is scaled to unit
+    RMS per image: the GAN pixel-normalises its latent first, so only the direction
+    matters, and unit RMS is the scale of the N(0, I) latents the inversion otherwise
+    starts from (its learning rate is tuned for them). Trained by ``tools.scenes.train_encoder``.
+    """
+
+    def __init__(self, z_dim: int = 128, widths: tuple[int, ...] = (32, 64, 128, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w, 3, 1, 1), nn.LeakyReLU(0.2)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin * 16, z_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.head(self.features(images).flatten(1))
+        return z / z.pow(2).mean(1, keepdim=True).add(1e-8).sqrt()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 import gdx
@@ -51,11 +52,40 @@ def _load(weights: str, default_name: str, name: str) -> gdx.Generator:
     gen = gdx.wrap_generator(module.eval(), latent_shape=latent_shape, name=name)
     gen.default_layer = DEFAULT_LAYERS[name]
     gen.paint_layer = PAINT_LAYERS.get(name)
+    encoder = WEIGHTS_DIR / ENCODERS.get(name, "-")
+    if not weights and encoder.exists():  # an encoder belongs to the weights it was trained against
+        setattr(gen, "encode", SceneEncode(load_scene_encoder(encoder)))
     return gen
+
+
+#: The bundled generators' encoders (gdx.invert's warm start), trained against the bundled weights.
+ENCODERS = {"scene": "scene_encoder.safetensors"}
+
+
+def load_scene_encoder(path: Path) -> nn.Module:
+    """A :class:`gdx.plugins.scene_arch.SceneEncoder` export (fp16 safetensors + JSON config)."""
+    from gdx.plugins.scene_arch import SceneEncoder
+
+    module, _, _ = load_export(path, "scene GAN encoder weights", lambda c: SceneEncoder(int(c["z_dim"])),
+                               "tools.scenes.train_encoder --export")
+    return module.eval()
+
+
+class SceneEncode:
+    """``generator.encode(images) -> latents``: what ``gdx.invert`` starts from (no grad)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.encoder(images.float())
 
 
 def build_scene(weights: str = "") -> gdx.Generator:
     """Bundled 64x64 ProGAN trained on the procedural scene world (sky, tree, door, window...).
+
+    With the bundled weights it has an encoder (``generator.encode``), gdx.invert's warm start.
 
     Args:
         weights: another export of the training script (.safetensors with its .json beside it); default: the bundled one
