@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from gdx.errors import InversionError
 from gdx.interfaces import Generator, Segmenter
+from gdx.sampling import concept_mask, segment_images
 from gdx.tracing import Trace
 
 
@@ -97,7 +98,7 @@ class ConceptPrior:
                 raise InversionError(f"layer {layer!r} outputs shape {tuple(acts.shape)}; the concept prior needs "
                                      "an N x U x h x w layer")
             with torch.no_grad():
-                found = segmenter.segment(images)
+                found = segment_images(segmenter, images)
             for c, us in wanted.items():
                 cells = concept_cells(found, labels.index(c), acts.shape[-2:], coverage)  # N x h x w
                 if bool(cells.any()):
@@ -111,7 +112,7 @@ class ConceptPrior:
     def targets(self, photos: torch.Tensor, grid: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """For each concept found in ``photos``: (its units, their levels, N x h x w cells of it)."""
         with torch.no_grad():
-            found = self.segmenter.segment(photos)
+            found = segment_images(self.segmenter, photos)
         labels = list(self.segmenter.labels)
         out = []
         for c, us in self.units.items():
@@ -139,8 +140,6 @@ class ConceptPrior:
 
 def concept_cells(labels: torch.Tensor, label: int, grid: Sequence[int], coverage: float) -> torch.Tensor:
     """N x h x w: the cells of ``grid`` that are at least ``coverage`` label ``label`` (label map N x [K x] H x W)."""
-    hit = labels == label
-    if hit.dim() == 4:  # several labels per pixel: any of them
-        hit = hit.any(1)
+    hit = concept_mask(labels, label)
     share = F.adaptive_avg_pool2d(hit.float()[:, None], (int(grid[0]), int(grid[1])))[:, 0]
     return share >= coverage

@@ -420,16 +420,19 @@ def invert(
                                  prior.describe() if prior is not None and prior.weight > 0 else "")
     settings.check()
     x = _check_images(generator, images)
-    if prior is not None and prior.weight > 0 and prior.layer != layer:
-        resolve_layers(generator.module, prior.layer)
-        if not _runs_before(generator, layer, prior.layer, generator.sample_latents(1, seed=seed).to(generator.device)):
-            raise InversionError(f"the concept prior's layer {prior.layer!r} does not run after the inversion's layer "
+    # the concept prior's layer, when it is not the inverted one: its activations are read in the loss
+    watched = prior.layer if prior is not None and prior.weight > 0 and prior.layer != layer else None
+    if watched is not None:
+        resolve_layers(generator.module, watched)
+        if not _runs_before(generator, layer, watched, generator.sample_latents(1, seed=seed).to(generator.device)):
+            raise InversionError(f"the concept prior's layer {watched!r} does not run after the inversion's layer "
                                  f"{layer!r}, so the optimised features cannot move it: invert at an earlier layer "
                                  "or measure the prior on a later one")
     feats = perceptual_features(perceptual)
     weight = settings.perceptual_weight
-    with torch.no_grad(), Trace(generator.module, layer) as tr:
+    with torch.no_grad(), Trace(generator.module, [layer] + ([watched] if watched else [])) as tr:
         probe = generator.generate(generator.sample_latents(1, seed=seed).to(generator.device))
+    prior_grid = tr[watched].shape[-2:] if watched else tr[layer].shape[-2:]
     if tuple(probe.shape[-2:]) != tuple(x.shape[-2:]):
         raise InversionError(
             f"images are {tuple(x.shape[-2:])} but {generator.name!r} makes {tuple(probe.shape[-2:])} images: resize them "
@@ -453,17 +456,15 @@ def invert(
         seen: dict[str, torch.Tensor] = {}
         prior_loss = None
         if prior is not None and prior.weight > 0:
-            targets = prior.targets(x, h.shape[-2:] if prior.layer == layer else _layer_grid(generator, prior.layer, z))
+            targets = prior.targets(x, prior_grid)
 
             def prior_loss(v: torch.Tensor) -> torch.Tensor:
-                acts = v if prior.layer == layer else seen[prior.layer]
+                acts = seen[watched] if watched else v
                 return prior.weight * prior.loss(acts, targets)
 
         def keep(name: str, out: torch.Tensor) -> torch.Tensor:
             seen.setdefault(name, out)  # the first call (a step window's first step)
             return out
-
-        watched = prior.layer if prior is not None and prior_loss is not None and prior.layer != layer else None
 
         def tail(v: torch.Tensor) -> torch.Tensor:
             seen.clear()
@@ -481,13 +482,6 @@ def invert(
     recon = _render(generator, layer, z, h)
     losses = ((recon - x) ** 2).flatten(1).mean(1).cpu()
     return Inversion(generator, settings, z, h, x, recon, losses, (s1, s2))
-
-
-def _layer_grid(generator: Generator, layer: str, z: torch.Tensor) -> tuple[int, int]:
-    """The h x w grid of ``layer``'s output for latents ``z``."""
-    with torch.no_grad(), Trace(generator.module, layer) as tr:
-        generator.generate(z[:1])
-    return int(tr[layer].shape[-2]), int(tr[layer].shape[-1])
 
 
 def _warm_start(generator: Generator, x: torch.Tensor, encode: _Encoder | None,
